@@ -1,0 +1,74 @@
+"""What every entry point shares: one-line errors with exit code 2, and `--set key=value` overrides."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn, Sequence
+
+import yaml
+
+from asl_ray.config import ConfigError, TrainConfig
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """['batch_size=8', 'precision=bf16'] -> {'batch_size': 8, 'precision': 'bf16'} (values read as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = _number_or_yaml(value)
+        except yaml.YAMLError:
+            fail(f"--set {pair!r}: cannot read the value")
+    return out
+
+
+def _number_or_yaml(text: str) -> Any:
+    # YAML 1.1 reads '2e-3' as a string; a user typing it means the number.
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return yaml.safe_load(text)
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML of TrainConfig keys applied over the defaults (configs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one TrainConfig key (repeatable), e.g. --set batch_size=8")
+    p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults <- --config YAML <- --set / shorthands; every problem raised as one ConfigError."""
+    from asl_ray.config import load_config_yaml
+    cfg = load_config_yaml(args.config) if args.config else TrainConfig()
+    overrides = parse_overrides(args.overrides)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    return cfg.with_overrides(overrides, source="--set") if overrides else cfg
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+__all__ = ["fail", "parse_overrides", "add_config_arguments", "config_from_args", "positive_int",
+           "ConfigError", "EXIT_BAD_INPUT"]

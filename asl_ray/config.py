@@ -1,0 +1,238 @@
+"""TrainConfig: the single source of truth for one training run.
+
+YAML presets, CLI flags and Tune samples are all applied as overrides with
+`dataclasses.replace` (see `TrainConfig.with_overrides`); nothing below the CLI
+re-reads YAML or looks keys up with defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+PRECISIONS = ("fp16", "bf16", "fp32")
+OPTIMIZERS = ("radam", "adamw")
+PAD_MODES = ("batch_max", "max_len")
+NUM_FEATURE_CHANNELS = 708  # 118 points x (x, y) x (position, dx, dx2)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names every offending key."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # ---- model -------------------------------------------------------------------------------
+    dim: int = 192
+    """Width of the network (the reference model uses 192; the large one 384)."""
+    depth: int = 2
+    """Number of (3 x Conv1DBlock + 1 x TransformerBlock) groups: 2 at dim 192, 4 at dim 384."""
+    num_heads: int = 4
+    """Attention heads per TransformerBlock."""
+    kernel_size: int = 17
+    """Kernel of the causal depthwise convolution."""
+    drop_path: float = 0.2
+    """Per-sample residual drop rate in every block (the winner's Dropout(noise_shape=(B,1,1)))."""
+    attn_dropout: float = 0.2
+    """Dropout on the attention weights."""
+    late_dropout: float = 0.8
+    """Dropout before the classifier, switched on after `late_dropout_start_epoch`."""
+    late_dropout_start_epoch: int = 0
+    """Epoch from which the late dropout is active (the winner's warm-up without it)."""
+
+    # ---- data --------------------------------------------------------------------------------
+    max_len: int = 384
+    """Longest sequence the model sees: longer ones are cropped (randomly in training)."""
+    pad_to: str = "batch_max"
+    """'batch_max' pads a batch to its longest sequence; 'max_len' pads every batch to max_len."""
+    length_bucketing: bool = False
+    """Group sequences of similar length into the same batch (less padding)."""
+    num_folds: int = 5
+    """Participant-grouped folds; validation uses the signers of `fold`."""
+    fold: int = 0
+    """Which participant fold is held out for validation."""
+
+    # ---- augmentations (training only) -------------------------------------------------------
+    aug_resample: bool = True
+    """Temporal resample by a factor in [0.5, 1.5]."""
+    aug_mirror: bool = True
+    """Mirror x with left/right swap of hands, eyes, lips and nose."""
+    aug_crop: bool = True
+    """Random crop to max_len (otherwise the first max_len frames)."""
+    aug_affine: bool = True
+    """Random scale, shear, shift and rotation of the 2D points."""
+    aug_time_mask: bool = True
+    """Mask a random span of frames."""
+    aug_space_mask: bool = True
+    """Mask a random spatial box of points."""
+    aug_prob: float = 0.8
+    """Probability each switched-on augmentation is applied to a sample."""
+
+    # ---- optimisation ------------------------------------------------------------------------
+    epochs: int = 20
+    """Training epochs."""
+    batch_size: int = 12
+    """Micro-batch size: what one forward/backward holds in memory (and what BatchNorm sees)."""
+    gradient_accumulation_steps: int = 4
+    """Micro-batches per optimizer step."""
+    lr_per_64: float = 5e-4
+    """Learning rate per 64 samples of effective batch (linear scaling rule, the winner's 5e-4/64)."""
+    min_lr: float = 1e-6
+    """Floor of the cosine schedule."""
+    warmup_epochs: float = 1.0
+    """Linear learning-rate warm-up, in epochs."""
+    weight_decay_ratio: float = 0.1
+    """Decoupled weight decay as a fraction of the learning rate (the winner's 0.1 x lr)."""
+    optimizer: str = "radam"
+    """'radam' or 'adamw'."""
+    lookahead: bool = True
+    """Wrap the optimizer in Lookahead (k=5, alpha=0.5), as the winner did."""
+    label_smoothing: float = 0.1
+    """Cross-entropy label smoothing."""
+    gradient_clip_val: float = 1.0
+    """Max global gradient norm, applied to unscaled gradients; 0 disables clipping."""
+    seed: int = 42
+    """Seed for model init, sampling and augmentation."""
+
+    # ---- performance switches ----------------------------------------------------------------
+    precision: str = "fp16"
+    """'fp16' (autocast + GradScaler), 'bf16' (autocast, no scaler) or 'fp32'. CUDA only; CPU runs fp32."""
+    compile: bool = False
+    """torch.compile the model; falls back to eager with a warning if compilation fails."""
+    cudnn_benchmark: bool = True
+    """torch.backends.cudnn.benchmark."""
+    num_workers: int = 4
+    """DataLoader worker processes."""
+    pin_memory: bool = True
+    """Pinned host memory for batches (with non-blocking copies); CUDA only."""
+    empty_cache_every: int = 0
+    """Call torch.cuda.empty_cache() every N micro-batches; 0 never does."""
+    throughput_warmup_steps: int = 5
+    """Micro-batches at the start of each epoch left out of the throughput figures."""
+    max_steps_per_epoch: int = 0
+    """Stop an epoch after this many micro-batches (benchmarks, smoke runs); 0 runs the full epoch."""
+
+    # ---- fault injection (tests) -------------------------------------------------------------
+    inject_oom_at_step: int = 0
+    """Raise torch.cuda.OutOfMemoryError at this optimizer step (1-based); 0 never does."""
+    inject_nan_at_step: int = 0
+    """Make the loss NaN at this optimizer step (1-based); 0 never does."""
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
+
+    # ---- derived values ----------------------------------------------------------------------
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def learning_rate(self) -> float:
+        """Peak learning rate: linear in the effective batch so batch x accumulation compare fairly."""
+        return self.lr_per_64 * self.effective_batch_size() / 64
+
+    def weight_decay(self) -> float:
+        return self.weight_decay_ratio * self.learning_rate()
+
+    def pad_length(self, longest_in_batch: int) -> int:
+        """Time length a batch is padded to."""
+        return self.max_len if self.pad_to == "max_len" else min(longest_in_batch, self.max_len)
+
+    # ---- validation --------------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        p: list[str] = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            expected = _FIELD_TYPES[f.name]
+            if expected is float and isinstance(v, int) and not isinstance(v, bool):
+                continue
+            if expected is int and isinstance(v, bool) or not isinstance(v, expected):
+                p.append(f"{f.name}: expected {expected.__name__}, got {type(v).__name__} {v!r}")
+        if p:
+            return p  # range checks below assume the types are right
+
+        def positive(name: str) -> None:
+            if getattr(self, name) <= 0:
+                p.append(f"{name}: must be > 0, got {getattr(self, name)!r}")
+
+        def non_negative(name: str) -> None:
+            if getattr(self, name) < 0:
+                p.append(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+
+        def fraction(name: str, hi_inclusive: bool = False) -> None:
+            v = getattr(self, name)
+            if not (0.0 <= v <= 1.0 if hi_inclusive else 0.0 <= v < 1.0):
+                p.append(f"{name}: must be in [0, 1{']' if hi_inclusive else ')'}, got {v!r}")
+
+        for name in ("dim", "depth", "num_heads", "kernel_size", "max_len", "epochs", "batch_size",
+                     "gradient_accumulation_steps", "num_folds", "lr_per_64"):
+            positive(name)
+        for name in ("late_dropout_start_epoch", "fold", "min_lr", "warmup_epochs", "weight_decay_ratio",
+                     "gradient_clip_val", "num_workers", "empty_cache_every", "throughput_warmup_steps",
+                     "max_steps_per_epoch", "inject_oom_at_step", "inject_nan_at_step", "seed"):
+            non_negative(name)
+        for name in ("drop_path", "attn_dropout", "late_dropout", "label_smoothing"):
+            fraction(name)
+        fraction("aug_prob", hi_inclusive=True)
+        if self.dim > 0 and self.num_heads > 0 and self.dim % self.num_heads:
+            p.append(f"dim: {self.dim} must be divisible by num_heads ({self.num_heads})")
+        if self.num_folds > 0 and self.fold >= self.num_folds:
+            p.append(f"fold: must be < num_folds ({self.num_folds}), got {self.fold}")
+        if self.num_folds == 1:
+            p.append("num_folds: must be >= 2 so a participant fold can be held out")
+        if self.precision not in PRECISIONS:
+            p.append(f"precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            p.append(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.pad_to not in PAD_MODES:
+            p.append(f"pad_to: must be one of {', '.join(PAD_MODES)}, got {self.pad_to!r}")
+        if self.learning_rate() > 0 and self.min_lr >= self.learning_rate():
+            p.append(f"min_lr: {self.min_lr} must be below the peak learning rate {self.learning_rate():.3g}")
+        return p
+
+    # ---- overrides ---------------------------------------------------------------------------
+    def with_overrides(self, overrides: Mapping[str, Any], source: str = "overrides") -> "TrainConfig":
+        """A copy with `overrides` applied; unknown keys and bad values raise one ConfigError naming `source`."""
+        unknown = sorted(set(overrides) - set(FIELD_NAMES))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} "
+                              f"(known: see asl_ray/config.py TrainConfig)")
+        try:
+            return dataclasses.replace(self, **dict(overrides))
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        return cls().with_overrides(d, source=source)
+
+    def to_yaml(self, path: Path, header: str = "") -> None:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        Path(path).write_text((header + "\n" if header else "") + text)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+_FIELD_TYPES = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+                for f in fields(TrainConfig)}
+
+
+def load_config_yaml(path: str | Path, base: Optional[TrainConfig] = None) -> TrainConfig:
+    """Read a YAML preset (a flat mapping of TrainConfig keys) and apply it over `base`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config: {str(e).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of TrainConfig keys, got {type(data).__name__}")
+    return (base or TrainConfig()).with_overrides(data, source=str(path))

@@ -1,0 +1,77 @@
+"""Ray Train wiring: the same loop as `fit`, inside a TorchTrainer worker (one GPU, or CPU).
+
+The worker's config is plain data: {"train_config": TrainConfig as a dict, "cache_path": str,
+"emulate_usable_bytes": int | None}. Data is never read from parquet here: the cache built by the
+driver is memory-mapped.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import ray.train
+import ray.train.torch
+import torch
+
+from asl_ray.config import TrainConfig
+from asl_ray.data.cache import SequenceCache
+from asl_ray.train.checkpoint import load_checkpoint, save_checkpoint
+from asl_ray.train.loop import fit
+from asl_ray.train.runtime import Runtime
+
+
+class RayReporter:
+    """ray.train.report per epoch; the checkpoint comes from rank 0 only."""
+
+    def epoch_end(self, metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+        if ray.train.get_context().get_world_rank() == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(checkpoint, Path(tmp))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+    def run_end(self, result: dict[str, Any]) -> None:
+        # An OOM ends the run early: report it as the trial's last result so Tune records it as
+        # infeasible, then return normally instead of raising.
+        if result["oom"]:
+            ray.train.report(result)
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    cfg = TrainConfig.from_dict(config["train_config"], source="train_loop_config")
+    cache = SequenceCache(Path(config["cache_path"]))
+    device = ray.train.torch.get_device()
+    if device.type == "cuda" and config["emulate_usable_bytes"]:
+        from asl_ray.vram.cards import emulate_card_memory
+        emulate_card_memory(config["emulate_usable_bytes"], device)
+    resume_state = _resume_state(ray.train.get_checkpoint())
+    fit(cfg, cache, RayReporter(), runtime=Runtime.create(cfg, device), resume_state=resume_state)
+
+
+def _resume_state(checkpoint: Optional[ray.train.Checkpoint]) -> Optional[dict[str, Any]]:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return load_checkpoint(Path(d))
+
+
+def worker_loop_config(cfg: TrainConfig, cache_path: Path, emulate_usable_bytes: Optional[int] = None) -> dict[str, Any]:
+    return {"train_config": cfg.to_dict(), "cache_path": str(cache_path), "emulate_usable_bytes": emulate_usable_bytes}
+
+
+def make_trainer(loop_config: dict[str, Any], name: str, storage_path: str, use_gpu: bool,
+                 cpus_per_worker: float = 1.0, max_failures: int = 0, callbacks: Optional[list] = None):
+    """A one-worker TorchTrainer around `train_fn_per_worker`."""
+    from ray.train.torch import TorchTrainer
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures)),
+    )

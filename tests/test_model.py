@@ -1,0 +1,61 @@
+import torch
+
+from asl_ray.config import TrainConfig
+from asl_ray.model import GISLRModel, MaskedBatchNorm, _MaskedBatchNormFn, count_parameters
+
+
+def test_reference_size_is_about_1_84_million_parameters():
+    model = GISLRModel.from_config(TrainConfig(), num_classes=250)
+    trainable = count_parameters(model)
+    with_bn_stats = trainable + sum(b.numel() for b in model.buffers())
+    assert abs(trainable - 1.84e6) / 1.84e6 < 0.01
+    assert abs(with_bn_stats - 1.84e6) / 1.84e6 < 0.005  # Keras counts BN moving stats too
+
+
+def test_layout_depth_follows_config():
+    model = GISLRModel.from_config(TrainConfig(dim=384, depth=4, batch_size=8), num_classes=250)
+    assert len(model.blocks) == 16
+    assert count_parameters(model) > 4 * 1.84e6
+
+
+def test_masked_batchnorm_backward_matches_numerical_gradient():
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _MaskedBatchNormFn.apply(x, mask, w, b, 1e-3)[0], (x, w, b))
+
+
+def test_masked_batchnorm_statistics_ignore_padding():
+    bn = MaskedBatchNorm(3).train()
+    real = torch.randn(2, 4, 3)
+    padded = torch.cat([real, torch.full((2, 6, 3), 1e4)], dim=1)
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[:, :4] = True
+    out = bn(padded, mask)
+    ref = torch.nn.functional.batch_norm(real.reshape(-1, 3), None, None, training=True, eps=bn.eps)
+    torch.testing.assert_close(out[:, :4].reshape(-1, 3), ref, rtol=1e-4, atol=1e-4)
+
+
+def _padding_pair(model):
+    x = torch.randn(2, 10, 708)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 6:] = False
+    x[1, 6:] = 0
+    xp = torch.cat([x, 100 * torch.randn(2, 7, 708)], dim=1)  # garbage in the padding must not matter
+    mp = torch.zeros(2, 17, dtype=torch.bool)
+    mp[:, :10] = mask
+    return model(x, mask), model(xp, mp)
+
+
+def test_padding_does_not_change_output_in_eval():
+    torch.manual_seed(0)
+    a, b = _padding_pair(GISLRModel(20).eval())
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_does_not_change_output_in_training_mode():
+    torch.manual_seed(0)
+    model = GISLRModel(20, drop_path=0.0, attn_dropout=0.0, late_dropout=0.0).train()
+    a, b = _padding_pair(model)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
