@@ -1,0 +1,44 @@
+"""Shared fixtures: one small synthetic data root and its cache per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asl_ray.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_FIXTURE = REPO.parent / "shared" / "fixtures" / "gislr-real"
+
+# A model small enough that a CPU learns the synthetic signs in well under a minute.
+TINY = dict(dim=64, depth=1, max_len=64, batch_size=16, gradient_accumulation_steps=1, num_workers=0,
+            lr_per_64=4e-3, late_dropout=0.3, throughput_warmup_steps=1)
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    from asl_ray.data.synth import write_synthetic_root
+    root = tmp_path_factory.mktemp("synth") / "root"
+    write_synthetic_root(root, num_signs=10, num_signers=5, per_sign_signer=8, seed=3, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_cache(synth_root, tmp_path_factory):
+    from asl_ray.data.cache import load_or_build_cache
+    return load_or_build_cache(synth_root, tmp_path_factory.mktemp("cache"), progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 CPUs and the dashboard process (Train's cleanup queries its state API)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False,
+                 log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,80 @@
+"""Every bad input to `python -m asl_ray.train` gives one line naming the file, key or flag, and exit 2."""
+import shutil
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from asl_ray.train.__main__ import main as train_main
+
+
+def _run(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        train_main(list(args))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def root(synth_root, tmp_path):
+    return shutil.copytree(synth_root, tmp_path / "root", ignore=shutil.ignore_patterns(".asl_ray_cache"))
+
+
+def _first_file(root):
+    return root / pd.read_csv(root / "train.csv")["path"].iloc[0]
+
+
+def test_missing_train_csv(root, capsys):
+    (root / "train.csv").unlink()
+    assert "train.csv" in _run(capsys, "--data", str(root))
+
+
+def test_wrong_schema(root, capsys):
+    f = _first_file(root)
+    t = pq.read_table(f)
+    pq.write_table(t.set_column(t.schema.get_field_index("x"), "x", pa.array(["a"] * len(t))), f)
+    err = _run(capsys, "--data", str(root), "--strict", "--cache-dir", str(root / "c"))
+    assert f.name in err and "x" in err
+
+
+def test_unknown_sign(root, capsys):
+    table = pd.read_csv(root / "train.csv")
+    table.loc[0, "sign"] = "zebra-crossing"
+    table.to_csv(root / "train.csv", index=False)
+    err = _run(capsys, "--data", str(root), "--strict", "--cache-dir", str(root / "c"))
+    assert "zebra-crossing" in err and "train.csv" in err
+
+
+def test_empty_file(root, capsys):
+    f = _first_file(root)
+    pq.write_table(pq.read_table(f).slice(0, 0), f)
+    err = _run(capsys, "--data", str(root), "--strict", "--cache-dir", str(root / "c"))
+    assert f.name in err and "empty" in err
+
+
+def test_missing_data_root(tmp_path, capsys):
+    assert "nowhere" in _run(capsys, "--data", str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "batchsize=4"], "batchsize"),
+    (["--set", "precision=fp8"], "precision"),
+    (["--set", "batch_size"], "--set"),
+    (["--config", "nope.yaml"], "nope.yaml"),
+    (["--emulate-gpu", "gtx-imaginary"], "gtx-imaginary"),
+])
+def test_bad_flags(synth_root, capsys, args, needle):
+    assert needle in _run(capsys, "--data", str(synth_root), *args)
+
+
+def test_resume_without_checkpoint(synth_root, tmp_path, capsys):
+    assert "--resume" in _run(capsys, "--data", str(synth_root), "--out", str(tmp_path / "x"), "--resume")
+
+
+def test_bad_int_flag_is_argparse_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_main(["--data", "x", "--epochs", "many"])
+    assert e.value.code == 2 and "--epochs" in capsys.readouterr().err
