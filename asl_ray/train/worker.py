@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -25,6 +26,7 @@ class RayReporter:
     """ray.train.report per epoch; the checkpoint comes from rank 0 only."""
 
     def epoch_end(self, metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}  # where the worker ran
         if ray.train.get_context().get_world_rank() == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(checkpoint, Path(tmp))
@@ -36,7 +38,7 @@ class RayReporter:
         # An OOM ends the run early: report it as the trial's last result so Tune records it as
         # infeasible, then return normally instead of raising.
         if result["oom"]:
-            ray.train.report(result)
+            ray.train.report({**result, "node_id": ray.get_runtime_context().get_node_id()})
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
@@ -47,7 +49,12 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         from asl_ray.vram.cards import emulate_card_memory
         emulate_card_memory(config["emulate_usable_bytes"], device)
     resume_state = _resume_state(ray.train.get_checkpoint())
-    fit(cfg, cache, RayReporter(), runtime=Runtime.create(cfg, device), resume_state=resume_state)
+    reporter = RayReporter()
+    if resume_state is not None and resume_state["epoch"] + 1 >= cfg.epochs:
+        # Restored after the last epoch's report was lost to Tune: say it again, train nothing.
+        reporter.epoch_end(resume_state["history"][-1], resume_state)
+        return
+    fit(cfg, cache, reporter, runtime=Runtime.create(cfg, device), resume_state=resume_state)
 
 
 def _resume_state(checkpoint: Optional[ray.train.Checkpoint]) -> Optional[dict[str, Any]]:
@@ -73,5 +80,7 @@ def make_trainer(loop_config: dict[str, Any], name: str, storage_path: str, use_
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures)),
+            # A worker group that cannot start (e.g. resources held by a leaked placement group) fails
+            # the run after a few tries instead of retrying forever (Ray's default).
+            failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=3)),
     )

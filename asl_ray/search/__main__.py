@@ -1,0 +1,104 @@
+"""python -m asl_ray.search [--space FILE] [--data DIR] [--gpu CARD] [--trials N] [--name NAME] [--resume] ...
+
+With no arguments: the embedded default (search_spaces/cpu-smoke.yaml on the synthetic set, made if
+missing, on a local Ray; CPU when there is no GPU). Every input is checked before Ray starts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from asl_ray.cli import fail, positive_int
+from asl_ray.search.report import SELECT_RULES, Selection
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_SPACE = REPO / "search_spaces" / "cpu-smoke.yaml"
+DEFAULT_DATA = Path("data/synth")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m asl_ray.search", description=__doc__.splitlines()[0])
+    p.add_argument("--space", default=str(DEFAULT_SPACE), help="search-space YAML (search_spaces/*.yaml)")
+    p.add_argument("--data", default=None, help=f"GISLR data root (default {DEFAULT_DATA}, synthesised if missing)")
+    p.add_argument("--gpu", default=None, help="target card: rtx4070, a size in GiB, or auto (default: the space's)")
+    p.add_argument("--headroom-mb", type=float, default=None, help="memory left for the desktop/other processes")
+    p.add_argument("--trials", type=positive_int, default=None, help="trials to launch (default: the space's budget)")
+    p.add_argument("--name", default=None, help="experiment name: results in <storage-path>/<name>/")
+    p.add_argument("--storage-path", default="runs", help="where experiments live (default runs/)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted experiment of this --name")
+    p.add_argument("--select", choices=SELECT_RULES, default="fastest-within-margin",
+                   help="how the best config is chosen (default: fastest within --margin accuracy of the best)")
+    p.add_argument("--margin", type=float, default=0.01, help="accuracy margin for fastest-within-margin")
+    p.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
+                   help="cap each GPU trial's memory to the target card (default on)")
+    p.add_argument("--cache-dir", default=None, help="where the preprocessed data cache lives")
+    p.add_argument("--address", default=None, help="an existing Ray cluster ('auto' or host:port), see cluster.yaml")
+    p.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--concurrency", type=positive_int, default=None,
+                   help="trials at once (default: one per GPU in the cluster, 1 without GPUs)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved for each trial's Train worker")
+    p.add_argument("--dashboard", action="store_true", help="print the Ray dashboard's URL and how to log in")
+    p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default loopback only)")
+    p.add_argument("--dashboard-port", type=positive_int, default=8265)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    plan = _plan(args)  # every check that can fail does so here, before Ray starts
+    from asl_ray.search.session import run_search
+    return run_search(plan)
+
+
+def _plan(args: argparse.Namespace):
+    from asl_ray.config import ConfigError
+    from asl_ray.data.gislr import DataError
+    from asl_ray.search.session import SearchPlan
+    from asl_ray.search.space import SpaceError, load_space
+    from asl_ray.vram.cards import DEFAULT_HEADROOM_MB, CardError, resolve_card
+    if not 0 <= args.margin < 1:
+        fail(f"--margin: must be in [0, 1), got {args.margin}")
+    if not 0 < args.cpus_per_trial <= 256:
+        fail(f"--cpus-per-trial: must be > 0, got {args.cpus_per_trial}")
+    try:
+        space = load_space(args.space)
+        headroom = args.headroom_mb if args.headroom_mb is not None else space.headroom_mb or DEFAULT_HEADROOM_MB
+        card = resolve_card(args.gpu or str(space.gpu), headroom)
+    except (SpaceError, CardError) as e:
+        fail(str(e))
+    name = args.name or Path(args.space).stem
+    root = Path(args.storage_path) / name
+    if args.resume and not (root / "tune").exists():
+        fail(f"--resume: no experiment named {name!r} under {args.storage_path}/ (expected {root / 'tune'})")
+    if not args.resume and (root / "tune").exists():
+        fail(f"--name {name!r}: {root} already holds an experiment; use --resume to finish it or another --name")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        fail(f"--storage-path: cannot write to {root}: {e.strerror or e}")
+    data = Path(args.data) if args.data else DEFAULT_DATA
+    try:
+        if args.data is None and not (data / "train.csv").exists():
+            from asl_ray.data.synth import write_synthetic_root
+            print(f"no --data given: writing the synthetic set to {data}")
+            write_synthetic_root(data)
+        from asl_ray.data.cache import load_or_build_cache
+        cache = load_or_build_cache(data, args.cache_dir)
+    except (DataError, ConfigError) as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{getattr(e, 'filename', '') or data}: {e.strerror or e}")
+    return SearchPlan(space=space, card=card, root=root, cache=cache, data=data, trials=args.trials or space.budget.trials,
+                      resume=args.resume, selection=Selection(args.select, args.margin), emulate=args.emulate,
+                      address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
+                      dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port,
+                      concurrency=args.concurrency or 0, cpus_per_trial=args.cpus_per_trial)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

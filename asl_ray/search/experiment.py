@@ -1,0 +1,181 @@
+"""The Tune experiment of one search: build it (or restore it), run it, and turn its results into rows.
+
+Layout of `runs/<name>/`: `tune/` (the Tune experiment), `train/` (each trial's TorchTrainer run,
+named after the trial id), `optuna.db` (the study), and the result files written by `report`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from asl_ray.config import TrainConfig
+from asl_ray.search.driver import DRIVER_CPUS, TrialSettings, train_driver_fn
+from asl_ray.search.searcher import FitAwareOptunaSearch
+from asl_ray.search.space import SearchSpace
+from asl_ray.vram.cards import Card
+
+log = logging.getLogger(__name__)
+TUNE_DIR, TRAIN_DIR, STUDY_FILE = "tune", "train", "optuna.db"
+PROGRESS_PARAMS = {"train_loop_config/batch_size": "batch", "train_loop_config/gradient_accumulation_steps": "accum",
+                   "train_loop_config/dim": "dim", "train_loop_config/max_len": "max_len",
+                   "train_loop_config/precision": "dtype"}
+PROGRESS_METRICS = {"val_acc": "acc", "samples_per_s": "samples/s", "peak_memory_mb": "peak MB",
+                    "status": "status", "training_iteration": "epochs"}
+
+
+@dataclass(frozen=True)
+class VramPredictor:
+    """Picklable (it is saved with the searcher): does `base + values` fit `usable_bytes`?"""
+    base: dict
+    usable_bytes: int
+    num_classes: int
+
+    def __call__(self, values: dict) -> tuple[bool, int]:
+        from asl_ray.vram.estimate import estimate_peak_vram
+        cfg = TrainConfig.from_dict({**self.base, **values}, source="sampled config")
+        peak = estimate_peak_vram(cfg, self.num_classes).total_bytes
+        return peak <= self.usable_bytes, peak
+
+
+@dataclass(frozen=True)
+class Experiment:
+    space: SearchSpace
+    card: Card
+    root: Path  # runs/<name>
+    cache_path: Path
+    num_classes: int
+    trials: int
+    emulate: bool
+    concurrency: int = 0  # 0: one trial per GPU in the cluster (1 without GPUs)
+    cpus_per_trial: float = 1.0
+
+    @property
+    def study_name(self) -> str:
+        return self.root.name
+
+    def storage_url(self) -> str:
+        return f"sqlite:///{(self.root / STUDY_FILE).resolve()}"
+
+    def can_resume(self) -> bool:
+        return tune.Tuner.can_restore(str((self.root / TUNE_DIR).resolve()))
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def _trainable(exp: Experiment, use_gpu: bool):
+    settings = TrialSettings(
+        base_config=exp.space.base_config().to_dict(), cache_path=str(exp.cache_path),
+        train_storage=str((exp.root / TRAIN_DIR).resolve()), use_gpu=use_gpu,
+        cpus_per_worker=exp.cpus_per_trial, emulate_usable_bytes=exp.card.usable_bytes if exp.emulate and use_gpu else None)
+    return tune.with_resources(tune.with_parameters(train_driver_fn, settings=settings), {"cpu": DRIVER_CPUS})
+
+
+def _searcher(exp: Experiment) -> FitAwareOptunaSearch:
+    storage = optuna.storages.RDBStorage(exp.storage_url())
+    predictor = VramPredictor(exp.space.base_config().to_dict(), exp.card.usable_bytes, exp.num_classes)
+    return FitAwareOptunaSearch(exp.space, predictor, storage=storage, study_name=exp.study_name,
+                                max_epochs=exp.space.budget.epochs)
+
+
+def _scheduler(exp: Experiment):
+    b = exp.space.budget
+    if exp.space.scheduler == "fifo":
+        return FIFOScheduler()
+    # stop_last_trials=False: a trial that reaches max_t finishes its fit() instead of being torn down
+    # mid-teardown (which leaks its worker placement group until Train's cleaner notices).
+    return ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max", max_t=b.epochs,
+                         grace_period=b.grace_period, reduction_factor=b.reduction_factor, stop_last_trials=False)
+
+
+def _run_config(exp: Experiment) -> tune.RunConfig:
+    from ray.tune import CLIReporter
+    reporter = CLIReporter(parameter_columns=PROGRESS_PARAMS, metric_columns=PROGRESS_METRICS, max_report_frequency=30)
+    return tune.RunConfig(name=TUNE_DIR, storage_path=str(exp.root.resolve()), progress_reporter=reporter,
+                          verbose=1, failure_config=tune.FailureConfig(max_failures=0))
+
+
+def run(exp: Experiment, resume: bool) -> Any:
+    """Run (or finish, with resume) the experiment; returns Tune's ResultGrid."""
+    use_gpu = cluster_gpus() > 0
+    trainable = _trainable(exp, use_gpu)
+    if resume:
+        tuner = tune.Tuner.restore(str((exp.root / TUNE_DIR).resolve()), trainable=trainable,
+                                   resume_unfinished=True, resume_errored=False, restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=_searcher(exp), scheduler=_scheduler(exp), num_samples=exp.trials,
+                                        max_concurrent_trials=exp.concurrency or max(1, cluster_gpus())),
+            run_config=_run_config(exp))
+    started = time.perf_counter()
+    grid = tuner.fit()
+    log.info("tune finished in %.0f s", time.perf_counter() - started)
+    return grid
+
+
+def result_rows(grid, exp: Experiment) -> list[dict[str, Any]]:
+    """One row per trial: launched trials from Tune, rejected configs from the Optuna study."""
+    rows = []
+    for result in grid:
+        rows.append(_trial_row(result, exp))
+    rows += _rejected_rows(exp)
+    return rows
+
+
+def _trial_row(result, exp: Experiment) -> dict[str, Any]:
+    config = result.config
+    values = dict(config["train_loop_config"])
+    cfg = TrainConfig.from_dict({**exp.space.base_config().to_dict(), **values})
+    m = dict(result.metrics or {})
+    history = result.metrics_dataframe
+    epochs_run = int(m.get("training_iteration", 0))
+    if result.error is not None:
+        status = "error"
+    elif m.get("oom"):
+        status = "oom"
+    elif epochs_run < exp.space.budget.epochs:
+        status = "stopped"
+    else:
+        status = "ok"
+    peak = float(history["peak_memory_mb"].max()) if history is not None and "peak_memory_mb" in history else float("nan")
+    return {
+        "trial_id": m.get("trial_id", Path(result.path).name), "status": status,
+        "feasible": status in ("ok", "stopped"),
+        **{k: getattr(cfg, k) for k in ("batch_size", "gradient_accumulation_steps", "dim", "depth", "max_len",
+                                        "precision", "lr_per_64")},
+        "effective_batch": cfg.effective_batch_size(), "epochs_run": epochs_run,
+        "val_acc": m.get("val_acc", float("nan")), "samples_per_s": m.get("samples_per_s", float("nan")),
+        "steps_per_s": m.get("steps_per_s", float("nan")), "peak_memory_mb": peak,
+        "predicted_peak_mb": config.get("predicted_peak_mb", float("nan")),
+        "device": m.get("device", ""), "node_id": m.get("node_id", ""), "hostname": m.get("hostname", ""),
+        "trial_seconds": m.get("time_total_s", float("nan")),
+        "loop_seconds": float(history["epoch_seconds"].sum()) if history is not None and "epoch_seconds" in history else float("nan"),
+        "error": str(result.error).splitlines()[0][:200] if result.error else m.get("error", ""),
+    }
+
+
+def _rejected_rows(exp: Experiment) -> list[dict[str, Any]]:
+    study = optuna.load_study(study_name=exp.study_name, storage=exp.storage_url())
+    base = exp.space.base_config().to_dict()
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("status") != "rejected":
+            continue
+        values = {k.split("/", 1)[1]: v for k, v in t.params.items()}
+        cfg = TrainConfig.from_dict({**base, **values})
+        rows.append({"trial_id": f"optuna-{t.number}", "status": "rejected", "feasible": False,
+                     **{k: getattr(cfg, k) for k in ("batch_size", "gradient_accumulation_steps", "dim", "depth",
+                                                     "max_len", "precision", "lr_per_64")},
+                     "effective_batch": cfg.effective_batch_size(), "epochs_run": 0,
+                     "predicted_peak_mb": t.user_attrs.get("predicted_peak_mb", float("nan"))})
+    return rows

@@ -1,0 +1,124 @@
+"""OptunaSearch that never launches a configuration predicted not to fit the target card.
+
+Why in the searcher (and not in the trial): a config rejected here never becomes a Tune trial, so it
+costs the estimator's ~1 s instead of a trial's start-up, and it does not use up the trial budget.
+Each rejected config is told to Optuna at once as COMPLETE with a positive constraint
+(`trial.set_constraint`, Optuna 5), which TPE and NSGA-II both use to steer away from the region;
+a FAILED trial would be ignored by TPE, which would keep sampling there.
+
+Results reach Optuna as: finished trials -> COMPLETE (last epoch's accuracy and throughput);
+trials an OOM or a divergence ended -> COMPLETE with a positive constraint; trials the scheduler
+stopped early -> PRUNED (a partial accuracy must not reach the Pareto front); crashed -> FAIL.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Optional
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from asl_ray.search.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+METRICS = ["val_acc", "samples_per_s"]
+MODES = ["max", "max"]
+CONFIG_PREFIX = "train_loop_config/"
+INFEASIBLE = "infeasible"  # the constraint's key: > 0 means the config does not fit / failed
+MAX_CONSECUTIVE_REJECTIONS = 500
+
+
+def optuna_distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
+    out = {}
+    for p in space.params:
+        name = CONFIG_PREFIX + p.name
+        if p.type == "categorical":
+            out[name] = CategoricalDistribution(list(p.choices))
+        elif p.type == "int":
+            out[name] = IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            out[name] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    return out
+
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """Both samplers read the constraints set with `trial.set_constraint` (Optuna 5's replacement
+    for the deprecated `constraints_func`)."""
+    if space.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=space.seed)
+    return optuna.samplers.TPESampler(seed=space.seed, multivariate=True,
+                                      n_startup_trials=min(10, max(2, space.budget.trials // 4)))
+
+
+class FitAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch + VRAM rejection in `suggest`, constraints, and PRUNED for early-stopped trials.
+
+    `predict(values) -> (fits, predicted_peak_bytes)` is called on every sampled config.
+    """
+
+    def __init__(self, space: SearchSpace, predict: Callable[[dict], tuple[bool, int]], storage, study_name: str,
+                 max_epochs: int):
+        super().__init__(space=optuna_distributions(space), metric=METRICS, mode=MODES,
+                         points_to_evaluate=[{CONFIG_PREFIX + k: v for k, v in b.items()} for b in space.baselines],
+                         sampler=make_sampler(space), storage=storage, study_name=study_name)
+        self._predict = predict
+        self._max_epochs = max_epochs
+        self.rejected: list[dict[str, Any]] = []
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        for _ in range(MAX_CONSECUTIVE_REJECTIONS):
+            config = super().suggest(trial_id)
+            values = config["train_loop_config"]
+            started = time.perf_counter()
+            fits, peak = self._predict(values)
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("predicted_peak_mb", peak / 2 ** 20)
+            if fits:
+                ot_trial.set_user_attr("ray_trial_id", trial_id)
+                config["predicted_peak_mb"] = peak / 2 ** 20
+                return config
+            self._reject(trial_id, values, peak, time.perf_counter() - started)
+        log.warning("every one of %d sampled configs was predicted not to fit; stopping the search",
+                    MAX_CONSECUTIVE_REJECTIONS)
+        return Searcher.FINISHED
+
+    def _reject(self, trial_id: str, values: dict, peak: int, seconds: float) -> None:
+        ot_trial = self._ot_trials.pop(trial_id)
+        ot_trial.set_user_attr("status", "rejected")
+        ot_trial.set_user_attr(INFEASIBLE, 1.0)
+        ot_trial.set_constraint(INFEASIBLE, 1.0)
+        self._ot_study.tell(ot_trial, [0.0, 0.0], state=optuna.trial.TrialState.COMPLETE)
+        self.rejected.append({**values, "predicted_peak_mb": peak / 2 ** 20, "status": "rejected",
+                              "feasible": False, "optuna_trial": ot_trial.number, "reject_seconds": seconds})
+        log.info("rejected without launching (predicted %.0f MiB): %s", peak / 2 ** 20, values)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        for key in ("oom", "status", "epoch", "training_iteration", "peak_memory_mb", "oom_step"):
+            if result and key in result:
+                ot_trial.set_user_attr(key, result[key])
+        if error or not result:
+            self._tell(trial_id, None, optuna.trial.TrialState.FAIL)
+        elif not result.get("feasible", True) or result.get("status") in ("oom", "diverged"):
+            ot_trial.set_user_attr(INFEASIBLE, 1.0)
+            ot_trial.set_constraint(INFEASIBLE, 1.0)
+            self._tell(trial_id, [0.0, 0.0], optuna.trial.TrialState.COMPLETE)
+        elif result.get("training_iteration", 0) < self._max_epochs:
+            self._tell(trial_id, None, optuna.trial.TrialState.PRUNED)  # stopped early by the scheduler
+        else:
+            ot_trial.set_user_attr(INFEASIBLE, 0.0)
+            ot_trial.set_constraint(INFEASIBLE, 0.0)
+            self._tell(trial_id, [float(result[m]) for m in METRICS], optuna.trial.TrialState.COMPLETE)
+
+    def _tell(self, trial_id: str, values, state) -> None:
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
+        except Exception as e:  # e.g. a NaN value: the study keeps going, the trial table shows it
+            log.warning("could not tell Optuna about trial %s: %s", trial_id, e)
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,43 @@
+"""Does a config fit a card, and what is the largest micro-batch that does (by the VRAM estimate)."""
+from __future__ import annotations
+
+import dataclasses
+
+from asl_ray.config import TrainConfig
+from asl_ray.vram.cards import Card
+from asl_ray.vram.estimate import estimate_peak_vram
+
+
+def fits(cfg: TrainConfig, card: Card, num_classes: int = 250) -> bool:
+    """True if the estimated peak (context included) is within the card's usable memory."""
+    return estimate_peak_vram(cfg, num_classes).total_bytes <= card.usable_bytes
+
+
+def largest_batch_that_fits(cfg: TrainConfig, card: Card, low: int = 1, high: int = 512,
+                            num_classes: int = 250) -> int:
+    """Largest batch_size in [low, high] that fits `card`; 0 if even `low` does not.
+
+    The estimate grows with the batch size, so a bisection finds the boundary: about log2(high - low)
+    estimates, all cached; after the first two batch sizes of a config each further one is a replay
+    of the traced step (milliseconds), not a new trace.
+    """
+    if low < 1 or high < low:
+        raise ValueError(f"largest_batch_that_fits: need 1 <= low <= high, got low={low}, high={high}")
+
+    def fits_with(batch_size: int) -> bool:
+        # min_lr is checked against the learning rate, which scales with the batch; it does not
+        # change memory, so it is cleared to keep every batch size a valid TrainConfig.
+        return fits(dataclasses.replace(cfg, batch_size=batch_size, min_lr=0.0), card, num_classes)
+
+    if not fits_with(low):
+        return 0
+    if fits_with(high):
+        return high
+    fitting, failing = low, high
+    while failing - fitting > 1:
+        middle = (fitting + failing) // 2
+        if fits_with(middle):
+            fitting = middle
+        else:
+            failing = middle
+    return fitting
