@@ -201,16 +201,20 @@ def run_gpu(args) -> Path:
         m = measure_in_subprocess(cfg, args.emulate_gpu, args.timeout)
         row = {"config": describe(cfg), "overrides": _overrides(cfg), "estimate_bytes": est.total_bytes,
                "estimate_breakdown": est.breakdown, "measurement": m}
+        fit_note = ""
+        if card is not None and ("measured_total_bytes" in m or m.get("oom")):
+            row.update(predicted_fits=fits(cfg, card, NUM_CLASSES), ran_without_oom=not m.get("oom"))
+            fit_note = f"  predicted {'fits' if row['predicted_fits'] else 'OOM'}"
         if "measured_total_bytes" in m and not m.get("oom"):
             err = error_of(est.total_bytes, m["measured_total_bytes"])
             row.update(error=err, within_10pct=abs(err) <= TOLERANCE, under_by_more_than_3pct=err < WORST_UNDER)
             ok = "yes" if row["within_10pct"] and not row["under_by_more_than_3pct"] else "NO"
             print(f"{describe(cfg):<28} {est.total_mib:>8.0f}M {m['measured_total_bytes'] / MiB:>8.0f}M "
-                  f"{m['peak_reserved_bytes'] / MiB:>8.0f}M {m['context_bytes'] / MiB:>7.0f}M {100 * err:>6.1f}%  {ok}")
+                  f"{m['peak_reserved_bytes'] / MiB:>8.0f}M {m['context_bytes'] / MiB:>7.0f}M {100 * err:>6.1f}%  "
+                  f"{ok}{fit_note}")
         else:
-            print(f"{describe(cfg):<28} {est.total_mib:>8.0f}M  {'OOM' if m.get('oom') else m.get('error', '?')}")
-        if card is not None:
-            row.update(predicted_fits=fits(cfg, card, NUM_CLASSES), ran_without_oom=not m.get("oom"))
+            print(f"{describe(cfg):<28} {est.total_mib:>8.0f}M  {'OOM' if m.get('oom') else m.get('error', '?')}"
+                  f"{fit_note}")
         rows.append(row)
     scored = [r for r in rows if "error" in r]
     summary = {
@@ -219,6 +223,7 @@ def run_gpu(args) -> Path:
         "under_by_more_than_3pct": sum(r["under_by_more_than_3pct"] for r in scored),
         "mean_abs_error": sum(abs(r["error"]) for r in scored) / len(scored) if scored else None,
         "median_context_bytes": _median([r["measurement"]["context_bytes"] for r in scored]),
+        "fit_agrees_with_run": sum(r["predicted_fits"] == r["ran_without_oom"] for r in rows if "predicted_fits" in r),
     }
     print(f"\nwithin +-10%: {summary['within_10pct']}/{len(scored)}; "
           f"under-predicted by more than 3%: {summary['under_by_more_than_3pct']}; "
@@ -262,15 +267,29 @@ def run_cpu(args) -> Path:
             print(f"{describe(cfg):<28} {first.total_mib:>8.0f}M {first.seconds:>10.3f}s "
                   f"{1000 * cached.seconds:>7.2f}ms  {how}" + (f"  {row['predicted_fits']}" if card else ""))
             rows.append(row)
+        reference = _time_reference_config(E, Path(cache_dir) / "reference")
         E.clear_memory_cache()
     for name, cfg in (("TrainConfig()", TrainConfig()), ("large (dim 384, depth 4, batch 8)",
                                                         TrainConfig(dim=384, depth=4, batch_size=8))):
         print(f"\n{name}:\n{E.estimate_peak_vram(cfg, NUM_CLASSES).table()}")
     out = Path(args.out) / "vram_estimates-cpu.json"
     _write(out, {"device": "cpu", "emulated_card": args.emulate_gpu,
-                 "one_off_import_seconds": import_seconds, "method": E.METHOD,
+                 "one_off_import_seconds": import_seconds, "largest_config": reference, "method": E.METHOD,
                  "estimator_version": E.ESTIMATOR_VERSION, "rows": rows, **_environment()})
     return out
+
+
+def _time_reference_config(E, cache_dir: Path) -> dict[str, Any]:
+    """The largest config the estimator is meant for, traced from scratch (no traces in memory)."""
+    cfg = TrainConfig(dim=384, depth=4, batch_size=64, max_len=384)
+    E.clear_memory_cache()
+    os.environ["ASL_RAY_CACHE_DIR"] = str(cache_dir)
+    first = E.estimate_peak_vram(cfg, NUM_CLASSES)
+    cached = E.estimate_peak_vram(cfg, NUM_CLASSES)
+    print(f"\n{describe(cfg)} (largest config, traced from scratch): first call {first.seconds:.3f} s, "
+          f"cached {1000 * cached.seconds:.2f} ms, estimate {first.total_mib:.0f} MiB")
+    return {"config": describe(cfg), "estimate_bytes": first.total_bytes, "first_call_seconds": first.seconds,
+            "cached_call_seconds": cached.seconds}
 
 
 def _overrides(cfg: TrainConfig) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def synth_cache(synth_root, tmp_path_factory):
     return load_or_build_cache(synth_root, tmp_path_factory.mktemp("cache"), progress=False, log=lambda *_: None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
     """A real local Ray with 2 CPUs and the dashboard process (Train's cleanup queries its state API)."""
     ray = pytest.importorskip("ray")
@@ -42,3 +42,22 @@ def ray_local():
                  log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def write_search_space(path: Path, **budget) -> Path:
+    """A search space small enough for CI, on a 0.7 GiB 'card' where the second baseline cannot fit."""
+    import yaml
+    space = {
+        "gpu": 0.7, "headroom_mb": 0, "sampler": "tpe", "scheduler": "asha", "seed": 0,
+        "budget": {"trials": 3, "epochs": 2, "grace_period": 1, "reduction_factor": 2, "max_steps_per_epoch": 6,
+                   **budget},
+        "fixed": {"depth": 1, "dim": 32, "num_workers": 0, "lr_per_64": 4e-3, "late_dropout": 0.3,
+                  "throughput_warmup_steps": 1},
+        "params": {"batch_size": {"type": "categorical", "choices": [8, 16, 64]},
+                   "gradient_accumulation_steps": {"type": "categorical", "choices": [1, 2]},
+                   "max_len": {"type": "categorical", "choices": [32, 512]}},
+        "baselines": [{"batch_size": 8, "gradient_accumulation_steps": 2, "max_len": 32},
+                      {"batch_size": 64, "gradient_accumulation_steps": 1, "max_len": 512}],
+    }
+    path.write_text(f"# python -m asl_ray.search --space {path.name}\n" + yaml.safe_dump(space, sort_keys=False))
+    return path

@@ -57,14 +57,14 @@ def _plan(args: argparse.Namespace):
     from asl_ray.data.gislr import DataError
     from asl_ray.search.session import SearchPlan
     from asl_ray.search.space import SpaceError, load_space
-    from asl_ray.vram.cards import DEFAULT_HEADROOM_MB, CardError, resolve_card
+    from asl_ray.vram.cards import CardError, resolve_card
     if not 0 <= args.margin < 1:
         fail(f"--margin: must be in [0, 1), got {args.margin}")
     if not 0 < args.cpus_per_trial <= 256:
         fail(f"--cpus-per-trial: must be > 0, got {args.cpus_per_trial}")
     try:
         space = load_space(args.space)
-        headroom = args.headroom_mb if args.headroom_mb is not None else space.headroom_mb or DEFAULT_HEADROOM_MB
+        headroom = args.headroom_mb if args.headroom_mb is not None else space.headroom_mb
         card = resolve_card(args.gpu or str(space.gpu), headroom)
     except (SpaceError, CardError) as e:
         fail(str(e))

@@ -6,6 +6,7 @@ named after the trial id), `optuna.db` (the study), and the result files written
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,9 @@ def _run_config(exp: Experiment) -> tune.RunConfig:
 
 def run(exp: Experiment, resume: bool) -> Any:
     """Run (or finish, with resume) the experiment; returns Tune's ResultGrid."""
+    # The classic progress table honours our columns (batch, accum, dim, max_len, dtype, acc, samples/s,
+    # peak memory, status); Tune's newer output ignores the reporter.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     use_gpu = cluster_gpus() > 0
     trainable = _trainable(exp, use_gpu)
     if resume:

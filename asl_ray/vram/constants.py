@@ -25,7 +25,8 @@ CUBLAS_WORKSPACE_BYTES_PER_HANDLE = 32 * MiB
 CUBLASLT_WORKSPACE_BYTES_PER_HANDLE = 1 * MiB
 CUBLAS_HANDLES_PER_STEP = 2
 # Both workspaces of a training step together (kept for callers that want one figure).
-CUBLAS_WORKSPACE_BYTES = CUBLAS_HANDLES_PER_STEP * (CUBLAS_WORKSPACE_BYTES_PER_HANDLE + CUBLASLT_WORKSPACE_BYTES_PER_HANDLE)
+CUBLAS_WORKSPACE_BYTES = CUBLAS_HANDLES_PER_STEP * (
+    CUBLAS_WORKSPACE_BYTES_PER_HANDLE + CUBLASLT_WORKSPACE_BYTES_PER_HANDLE)
 
 # torch.compile (inductor): Triton kernels loaded into the context and autotuning buffers. A guess
 # (unmeasured anywhere): the estimator keeps eager activations for compiled runs, an upper bound, and

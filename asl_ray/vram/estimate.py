@@ -171,13 +171,19 @@ def estimate_peak_vram(cfg: TrainConfig, num_classes: int = 250) -> VramEstimate
             hit, where = _compute(cfg, num_classes), ""
             _memory_cache[key] = hit
             _store_on_disk(key, hit)
-    return dataclasses.replace(hit, seconds=time.perf_counter() - started, cache=where)
+    # A copy of the breakdown: the cached estimate must not change if a caller edits the dict.
+    return dataclasses.replace(hit, breakdown=dict(hit.breakdown), seconds=time.perf_counter() - started,
+                               cache=where)
 
 
 def cache_key(cfg: TrainConfig, num_classes: int) -> str:
+    return json.dumps(_key_fields(cfg, num_classes), sort_keys=True, separators=(",", ":"))
+
+
+def _key_fields(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     """The fields the estimate depends on. Dropouts, clipping and smoothing matter only as on/off
     (they add or remove a saved tensor, never change its size)."""
-    fields = {
+    return {
         "batch_size": cfg.batch_size, "dim": cfg.dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
         "kernel_size": cfg.kernel_size, "max_len": cfg.max_len, "precision": cfg.precision,
         "optimizer": cfg.optimizer, "lookahead": cfg.lookahead, "compile": cfg.compile,
@@ -188,14 +194,15 @@ def cache_key(cfg: TrainConfig, num_classes: int) -> str:
         "cuda": [constants.CUDA_CONTEXT_BYTES, constants.CUBLAS_WORKSPACE_BYTES_PER_HANDLE,
                  constants.CUBLASLT_WORKSPACE_BYTES_PER_HANDLE],
     }
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 def clear_memory_cache() -> None:
-    """Forget in-process results (the disk file is re-read on the next call)."""
+    """Forget in-process results and traces (the disk file is re-read on the next call)."""
     global _disk_entries
     with _lock:
         _memory_cache.clear()
+        _traces_by_shape.clear()
+        _templates_by_shape.clear()
         _disk_entries = None
 
 
@@ -303,7 +310,9 @@ _templates_by_shape: dict[str, "_BatchTemplate"] = {}
 
 
 def _shape_key(cfg: TrainConfig, num_classes: int) -> str:
-    return cache_key(dataclasses.replace(cfg, batch_size=1, compile=False), num_classes)
+    fields = _key_fields(cfg, num_classes)
+    del fields["batch_size"], fields["compile"]
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 def _trace_for(cfg: TrainConfig, num_classes: int) -> tuple["Trace", str]:
@@ -667,14 +676,17 @@ def trace_training_step(cfg: TrainConfig, num_classes: int = 250) -> Trace:
 
     cfg = dataclasses.replace(cfg, inject_oom_at_step=0, inject_nan_at_step=0, compile=False)
     fake, tracker = FakeTensorMode(), _AllocationTracker()
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(), \
+            _forget_new_fake_dispatch_entries(FakeTensorMode):
         with fake:
             model = GISLRModel.from_config(cfg, num_classes).train()
         model.late_dropout_active = True  # worst case: the late dropout's mask is kept too
         with fake, tracker, _CudaAttentionRouting():
             for t in _in_move_order(model):
                 tracker.record(t, "parameters")
-            optimizer, lookahead = make_optimizer(model, cfg)  # Lookahead's slow weights: phase setup
+            # Lookahead's slow weights are made here (phase setup). Its pull-back every k steps makes a
+            # one-parameter temporary at a time: not traced (a third of the step's ops, ~1 MiB).
+            optimizer, _ = make_optimizer(model, cfg)
             _use_cuda_defaults(optimizer)
             _set_phase_hooks(model, optimizer, tracker)
             for p in model.parameters():
@@ -682,8 +694,6 @@ def trace_training_step(cfg: TrainConfig, num_classes: int = 250) -> Trace:
             scaler = _TraceGradScaler(tracker, enabled=make_grad_scaler(cfg.precision, "cpu").is_enabled())
             runtime = Runtime(device=torch.device("cpu"), precision=cfg.precision, pin_memory=False)
             step = TrainStep(model, optimizer, scaler, runtime, cfg)
-            if lookahead is not None:
-                lookahead.steps = lookahead.k - 1  # this step also pulls the weights back (its temporaries)
             window_start = len(tracker.events)
             tracker.start("batch")
             step(_worst_case_batch(cfg, num_classes), 1, True)
@@ -698,6 +708,21 @@ def trace_training_step(cfg: TrainConfig, num_classes: int = 250) -> Trace:
     position = _alloc_positions(Trace(events, 0, 0))
     events = [e for part in (events[:ws], events[ws:bs], events[bs:]) for e in _canonical_free_order(part, position)]
     return Trace(events, ws, bs)
+
+
+@contextlib.contextmanager
+def _forget_new_fake_dispatch_entries(mode_class) -> Iterator[None]:
+    """FakeTensorMode memoises op results in a process-wide dict that is never trimmed (~1.7 MiB per
+    trace here). A search estimates hundreds of configs in one process, so a trace keeps its entries
+    (the repeated blocks hit them) only while it runs."""
+    cache = getattr(mode_class, "cache", None)
+    before = set(cache) if isinstance(cache, dict) else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            for key in [k for k in cache if k not in before]:
+                cache.pop(key, None)
 
 
 def _canonical_free_order(events: list[tuple[int, Any]], position: dict[int, int]) -> list[tuple[int, Any]]:

@@ -1,0 +1,52 @@
+"""A real search on a real local Ray with a real Optuna study: results agree, rejected configs never run,
+the best config trains."""
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from asl_ray.search.__main__ import main as search_main
+from asl_ray.train.__main__ import main as train_main
+from conftest import write_search_space
+
+pytestmark = pytest.mark.slow
+
+
+def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys):
+    space = write_search_space(tmp_path / "space.yaml")
+    rc = search_main(["--space", str(space), "--data", str(synth_root), "--cache-dir", str(synth_cache.path.parent),
+                      "--storage-path", str(tmp_path / "runs"), "--name", "e2e"])
+    assert rc == 0
+    root = tmp_path / "runs" / "e2e"
+    for f in ("trials.parquet", "trials.csv", "optuna.db", "pareto.png", "best_config.yaml", "report.md"):
+        assert (root / f).exists(), f
+    df = pd.read_parquet(root / "trials.parquet")
+    launched = df[df["status"] != "rejected"]
+    rejected = df[df["status"] == "rejected"]
+    assert len(launched) == 3  # rejected configs do not use up the trial budget
+    assert set(launched["status"]) <= {"ok", "stopped"}
+    # The second baseline (64 x 512) is predicted not to fit 0.7 GiB: recorded, never launched.
+    big = rejected[(rejected["batch_size"] == 64) & (rejected["max_len"] == 512)]
+    assert len(big) >= 1 and (big["predicted_peak_mb"] > 0.7 * 1024).all()
+    assert not ((launched["batch_size"] == 64) & (launched["max_len"] == 512)).any()
+    assert (launched["predicted_peak_mb"] <= 0.7 * 1024).all()
+    assert len(list((root / "train").glob("trial-*"))) == len(launched)
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{root / 'optuna.db'}")
+    by_state = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+    assert by_state.get("RUNNING", 0) == 0
+    assert sum(1 for t in study.trials if t.user_attrs.get("status") == "rejected") == len(rejected)
+    assert all(t.constraints.get("infeasible", 0) > 0 for t in study.trials if t.user_attrs.get("status") == "rejected")
+    finished_ok = df[df["status"] == "ok"]
+    completed_feasible = [t for t in study.trials if t.state.name == "COMPLETE" and t.constraints.get("infeasible") == 0]
+    assert len(completed_feasible) == len(finished_ok)
+    assert sorted(round(t.values[0], 6) for t in completed_feasible) == sorted(round(v, 6) for v in finished_ok["val_acc"])
+
+    best = yaml.safe_load((root / "best_config.yaml").read_text())
+    chosen = df[df["on_pareto_front"]]
+    assert any((chosen["batch_size"] == best["batch_size"]) & (chosen["max_len"] == best["max_len"]))
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "Chosen: trial" in out
+
+    assert train_main(["--data", str(synth_root), "--cache-dir", str(synth_cache.path.parent), "--config",
+                       str(root / "best_config.yaml"), "--out", str(tmp_path / "best"), "--epochs", "1"]) == 0
