@@ -72,3 +72,10 @@ def positive_int(text: str) -> int:
 
 __all__ = ["fail", "parse_overrides", "add_config_arguments", "config_from_args", "positive_int",
            "ConfigError", "EXIT_BAD_INPUT"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the flag and the problem) and exit 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message} (see --help)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from asl_ray.cli import OneLineParser
 from asl_ray.data.synth import MAX_FRAMES, MIN_FRAMES, default_workers, write_synthetic_root
 
 
@@ -22,7 +23,7 @@ def _int_at_least(minimum: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m asl_ray.synth",
         description="Write a synthetic data root in the exact GISLR (asl-signs) format.",
     )

@@ -45,7 +45,8 @@ def ray_local():
 
 
 def write_search_space(path: Path, **budget) -> Path:
-    """A search space small enough for CI, on a 0.7 GiB 'card' where the second baseline cannot fit."""
+    """A search space small enough for CI, on a 0.7 GiB 'card': the second baseline cannot fit, the third
+    runs out of memory at its second step."""
     import yaml
     space = {
         "gpu": 0.7, "headroom_mb": 0, "sampler": "tpe", "scheduler": "asha", "seed": 0,
@@ -55,9 +56,12 @@ def write_search_space(path: Path, **budget) -> Path:
                   "throughput_warmup_steps": 1},
         "params": {"batch_size": {"type": "categorical", "choices": [8, 16, 64]},
                    "gradient_accumulation_steps": {"type": "categorical", "choices": [1, 2]},
-                   "max_len": {"type": "categorical", "choices": [32, 512]}},
+                   "max_len": {"type": "categorical", "choices": [32, 512]},
+                   # A test hook as a searched key: a trial that runs out of memory at its 2nd step.
+                   "inject_oom_at_step": {"type": "categorical", "choices": [0, 2]}},
         "baselines": [{"batch_size": 8, "gradient_accumulation_steps": 2, "max_len": 32},
-                      {"batch_size": 64, "gradient_accumulation_steps": 1, "max_len": 512}],
+                      {"batch_size": 64, "gradient_accumulation_steps": 1, "max_len": 512},
+                      {"batch_size": 16, "gradient_accumulation_steps": 1, "max_len": 32, "inject_oom_at_step": 2}],
     }
     path.write_text(f"# python -m asl_ray.search --space {path.name}\n" + yaml.safe_dump(space, sort_keys=False))
     return path

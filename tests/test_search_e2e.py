@@ -24,7 +24,9 @@ def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys)
     launched = df[df["status"] != "rejected"]
     rejected = df[df["status"] == "rejected"]
     assert len(launched) == 3  # rejected configs do not use up the trial budget
-    assert set(launched["status"]) <= {"ok", "stopped"}
+    assert set(launched["status"]) <= {"ok", "stopped", "oom"}
+    oom = launched[(launched["batch_size"] == 16) & (launched["inject_oom_at_step"] == 2)]
+    assert list(oom["status"]) == ["oom"] and not oom["feasible"].any()  # infeasible, and the search went on
     # The second baseline (64 x 512) is predicted not to fit 0.7 GiB: recorded, never launched.
     big = rejected[(rejected["batch_size"] == 64) & (rejected["max_len"] == 512)]
     assert len(big) >= 1 and (big["predicted_peak_mb"] > 0.7 * 1024).all()
@@ -36,7 +38,8 @@ def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys)
     by_state = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
     assert by_state.get("RUNNING", 0) == 0
     assert sum(1 for t in study.trials if t.user_attrs.get("status") == "rejected") == len(rejected)
-    assert all(t.constraints.get("infeasible", 0) > 0 for t in study.trials if t.user_attrs.get("status") == "rejected")
+    assert all(t.constraints.get("infeasible", 0) > 0 for t in study.trials
+               if t.user_attrs.get("status") in ("rejected", "oom"))
     finished_ok = df[df["status"] == "ok"]
     completed_feasible = [t for t in study.trials if t.state.name == "COMPLETE" and t.constraints.get("infeasible") == 0]
     assert len(completed_feasible) == len(finished_ok)

@@ -6,11 +6,12 @@ missing, on a local Ray; CPU when there is no GPU). Every input is checked befor
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from asl_ray.cli import fail, positive_int
+from asl_ray.cli import OneLineParser, fail, positive_int
 from asl_ray.search.report import SELECT_RULES, Selection
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,7 +20,7 @@ DEFAULT_DATA = Path("data/synth")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asl_ray.search", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m asl_ray.search", description=__doc__.splitlines()[0])
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search-space YAML (search_spaces/*.yaml)")
     p.add_argument("--data", default=None, help=f"GISLR data root (default {DEFAULT_DATA}, synthesised if missing)")
     p.add_argument("--gpu", default=None, help="target card: rtx4070, a size in GiB, or auto (default: the space's)")
@@ -45,11 +46,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+ARGS_FILE = "search_args.json"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.resume:
+        args = _saved_args(args)
     plan = _plan(args)  # every check that can fail does so here, before Ray starts
+    if not args.resume:
+        _save_args(args, plan.root)
     from asl_ray.search.session import run_search
     return run_search(plan)
+
+
+def _saved_args(args: argparse.Namespace) -> argparse.Namespace:
+    """--resume needs only --name (and --storage-path): the rest is what the experiment started with."""
+    name = args.name or Path(args.space).stem
+    saved = Path(args.storage_path) / name / ARGS_FILE
+    if not saved.exists():
+        fail(f"--resume: no experiment named {name!r} under {args.storage_path}/ (no {saved})")
+    try:
+        values = json.loads(saved.read_text())
+    except (OSError, ValueError) as e:
+        fail(f"{saved}: cannot read the saved search arguments: {e}")
+    return argparse.Namespace(**{**values, "resume": True, "dashboard": args.dashboard, "address": args.address or
+                                 values["address"]})
+
+
+def _save_args(args: argparse.Namespace, root: Path) -> None:
+    values = dict(vars(args))
+    for key in ("space", "data", "cache_dir", "storage_path"):
+        if values[key] is not None:
+            values[key] = str(Path(values[key]).resolve())
+    if values["data"] is None:
+        values["data"] = str(DEFAULT_DATA.resolve())
+    values["name"] = root.name
+    (root / ARGS_FILE).write_text(json.dumps(values, indent=1))
 
 
 def _plan(args: argparse.Namespace):

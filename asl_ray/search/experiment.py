@@ -18,6 +18,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from asl_ray.config import TrainConfig
+from asl_ray.search.report import PARAM_COLUMNS, TEST_HOOK_COLUMNS
 from asl_ray.search.driver import DRIVER_CPUS, TrialSettings, train_driver_fn
 from asl_ray.search.searcher import FitAwareOptunaSearch
 from asl_ray.search.space import SearchSpace
@@ -25,6 +26,7 @@ from asl_ray.vram.cards import Card
 
 log = logging.getLogger(__name__)
 TUNE_DIR, TRAIN_DIR, STUDY_FILE = "tune", "train", "optuna.db"
+ROW_CONFIG_KEYS = PARAM_COLUMNS + TEST_HOOK_COLUMNS
 PROGRESS_PARAMS = {"train_loop_config/batch_size": "batch", "train_loop_config/gradient_accumulation_steps": "accum",
                    "train_loop_config/dim": "dim", "train_loop_config/max_len": "max_len",
                    "train_loop_config/precision": "dtype"}
@@ -155,8 +157,7 @@ def _trial_row(result, exp: Experiment) -> dict[str, Any]:
     return {
         "trial_id": m.get("trial_id", Path(result.path).name), "status": status,
         "feasible": status in ("ok", "stopped"),
-        **{k: getattr(cfg, k) for k in ("batch_size", "gradient_accumulation_steps", "dim", "depth", "max_len",
-                                        "precision", "lr_per_64")},
+        **{k: getattr(cfg, k) for k in ROW_CONFIG_KEYS},
         "effective_batch": cfg.effective_batch_size(), "epochs_run": epochs_run,
         "val_acc": m.get("val_acc", float("nan")), "samples_per_s": m.get("samples_per_s", float("nan")),
         "steps_per_s": m.get("steps_per_s", float("nan")), "peak_memory_mb": peak,
@@ -178,8 +179,7 @@ def _rejected_rows(exp: Experiment) -> list[dict[str, Any]]:
         values = {k.split("/", 1)[1]: v for k, v in t.params.items()}
         cfg = TrainConfig.from_dict({**base, **values})
         rows.append({"trial_id": f"optuna-{t.number}", "status": "rejected", "feasible": False,
-                     **{k: getattr(cfg, k) for k in ("batch_size", "gradient_accumulation_steps", "dim", "depth",
-                                                     "max_len", "precision", "lr_per_64")},
+                     **{k: getattr(cfg, k) for k in ROW_CONFIG_KEYS},
                      "effective_batch": cfg.effective_batch_size(), "epochs_run": 0,
                      "predicted_peak_mb": t.user_attrs.get("predicted_peak_mb", float("nan"))})
     return rows

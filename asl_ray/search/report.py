@@ -12,6 +12,7 @@ from asl_ray.config import TrainConfig
 
 SELECT_RULES = ("fastest-within-margin", "most-accurate", "fastest")
 PARAM_COLUMNS = ["batch_size", "gradient_accumulation_steps", "dim", "depth", "max_len", "precision", "lr_per_64"]
+TEST_HOOK_COLUMNS = ["inject_oom_at_step", "inject_nan_at_step"]
 
 
 @dataclass(frozen=True)

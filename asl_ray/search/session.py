@@ -14,6 +14,7 @@ from asl_ray.search.space import SearchSpace
 from asl_ray.vram.cards import Card
 
 MiB = 2 ** 20
+EXIT_INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,11 @@ def run_search(plan: SearchPlan) -> int:
                      num_classes=plan.cache.num_classes, trials=plan.trials, emulate=plan.emulate,
                      concurrency=plan.concurrency, cpus_per_trial=plan.cpus_per_trial)
     grid = run(exp, resume=plan.resume)
+    if grid.num_terminated + grid.num_errors < len(grid):
+        print(f"\nsearch interrupted: finished trials, checkpoints and the study are kept in {plan.root}.\n"
+              f"Finish it with: python -m asl_ray.search --name {plan.root.name} "
+              f"--storage-path {plan.root.parent} --resume")
+        return EXIT_INTERRUPTED
     df = report.trials_frame(result_rows(grid, exp))
     write_results(df, plan)
     return 0

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from asl_ray.cli import add_config_arguments, config_from_args, fail
+from asl_ray.cli import OneLineParser, add_config_arguments, config_from_args, fail
 from asl_ray.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asl_ray.train", description="Train one GISLR configuration.")
+    p = OneLineParser(prog="python -m asl_ray.train", description="Train one GISLR configuration.")
     p.add_argument("--data", required=True, help="GISLR data root (train.csv, label map, train_landmark_files/)")
     p.add_argument("--out", default="runs/train", help="output folder: metrics.jsonl, checkpoints/, result.json")
     add_config_arguments(p)

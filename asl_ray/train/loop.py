@@ -209,9 +209,17 @@ def fit(cfg: TrainConfig, cache: SequenceCache, reporter: Reporter, runtime: Opt
         resume_state: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Train `cfg` on `cache`, reporting every epoch; returns the last epoch's metrics (or the OOM result)."""
     runtime = runtime or Runtime.create(cfg)
-    s = setup(cfg, cache, runtime)
-    if resume_state is not None:
-        restore(s, resume_state)
+    try:
+        s = setup(cfg, cache, runtime)
+        if resume_state is not None:
+            restore(s, resume_state)
+    except torch.cuda.OutOfMemoryError as e:  # the model or optimizer state alone does not fit
+        gc.collect()
+        runtime.empty_cache()
+        result = {"oom": True, "feasible": False, "status": "oom", "epoch": 0, "oom_step": 0,
+                  **MemoryMonitor(runtime.device).result(), "error": str(e).splitlines()[0][:300]}
+        reporter.run_end(result)
+        return result
     result: dict[str, Any] = s.history[-1] if s.history else {}
     while s.epoch < cfg.epochs:
         s.memory.reset()

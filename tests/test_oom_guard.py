@@ -1,0 +1,35 @@
+"""An out-of-memory error in a run becomes an explicit result, and the process can run the next config."""
+import json
+
+import torch
+
+from asl_ray.train.checkpoint import LocalReporter
+from asl_ray.train.loop import fit
+from conftest import tiny_config
+
+
+def test_injected_oom_becomes_an_infeasible_result(synth_cache, tmp_path):
+    cfg = tiny_config(epochs=2, max_steps_per_epoch=6, gradient_accumulation_steps=2, inject_oom_at_step=2)
+    result = fit(cfg, synth_cache, LocalReporter(tmp_path, log=lambda *_: None))
+    assert result["oom"] is True and result["feasible"] is False and result["status"] == "oom"
+    assert result["oom_step"] == 2 and result["epoch"] == 0
+    assert "peak_memory_mb" in result and "injected" in result["error"]
+    assert json.loads((tmp_path / "result.json").read_text())["oom"] is True
+
+
+def test_process_runs_the_next_config_after_an_oom(synth_cache, tmp_path):
+    fit(tiny_config(epochs=1, max_steps_per_epoch=2, inject_oom_at_step=1), synth_cache,
+        LocalReporter(None, log=lambda *_: None))
+    ok = fit(tiny_config(epochs=1, max_steps_per_epoch=2), synth_cache, LocalReporter(None, log=lambda *_: None))
+    assert ok["feasible"] is True and ok["oom"] is False
+
+
+def test_oom_while_building_the_model_is_a_result_too(synth_cache, monkeypatch):
+    import asl_ray.train.loop as loop
+
+    def no_memory(*_a, **_k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "setup", no_memory)
+    result = fit(tiny_config(epochs=1), synth_cache, LocalReporter(None, log=lambda *_: None))
+    assert result["oom"] is True and result["oom_step"] == 0 and "2.00 GiB" in result["error"]

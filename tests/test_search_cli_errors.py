@@ -1,0 +1,76 @@
+"""Bad search input: one line naming the flag/file/key, exit code 2, and Ray never started."""
+import pytest
+import yaml
+
+from asl_ray.search.__main__ import main as search_main
+from conftest import write_search_space
+
+
+def _run(capsys, *args):
+    import ray
+    with pytest.raises(SystemExit) as e:
+        search_main(list(args))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not ray.is_initialized()
+    return err
+
+
+@pytest.fixture
+def space(tmp_path):
+    return write_search_space(tmp_path / "space.yaml")
+
+
+def test_bad_space_file_names_file_and_key(tmp_path, synth_root, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"params": {"batch_size": {"type": "int", "low": 8, "high": 2}}}))
+    err = _run(capsys, "--space", str(bad), "--data", str(synth_root))
+    assert "bad.yaml" in err and "params.batch_size" in err and "low (8) > high (2)" in err
+
+
+def test_missing_space_file(tmp_path, capsys):
+    assert "nope.yaml" in _run(capsys, "--space", str(tmp_path / "nope.yaml"))
+
+
+def test_unknown_card(space, synth_root, capsys):
+    assert "gtx-imaginary" in _run(capsys, "--space", str(space), "--gpu", "gtx-imaginary", "--data", str(synth_root))
+
+
+def test_gpu_auto_without_a_gpu(space, synth_root, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert "--gpu auto" in _run(capsys, "--space", str(space), "--gpu", "auto", "--data", str(synth_root))
+
+
+def test_resume_of_unknown_name(space, tmp_path, capsys):
+    err = _run(capsys, "--space", str(space), "--name", "ghost", "--storage-path", str(tmp_path), "--resume")
+    assert "--resume" in err and "ghost" in err
+
+
+def test_existing_name_without_resume(space, synth_root, tmp_path, capsys):
+    (tmp_path / "taken" / "tune").mkdir(parents=True)
+    err = _run(capsys, "--space", str(space), "--name", "taken", "--storage-path", str(tmp_path), "--data", str(synth_root))
+    assert "--name 'taken'" in err and "--resume" in err
+
+
+def test_unwritable_storage(space, synth_root, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert "--storage-path" in _run(capsys, "--space", str(space), "--storage-path", str(blocker), "--data", str(synth_root))
+
+
+def test_bad_data_root(space, tmp_path, capsys):
+    assert "missing-root" in _run(capsys, "--space", str(space), "--data", str(tmp_path / "missing-root"),
+                                  "--storage-path", str(tmp_path))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--trials", "0"], "--trials"),
+    (["--margin", "2"], "--margin"),
+    (["--select", "random"], "--select"),
+    (["--cpus-per-trial", "-1"], "--cpus-per-trial"),
+])
+def test_bad_flags(space, capsys, args, needle):
+    assert needle in _run(capsys, "--space", str(space), *args)
