@@ -68,7 +68,7 @@ def run_search(plan: SearchPlan) -> int:
                      num_classes=plan.cache.num_classes, trials=plan.trials, emulate=plan.emulate,
                      concurrency=plan.concurrency, cpus_per_trial=plan.cpus_per_trial)
     grid = run(exp, resume=plan.resume)
-    if grid.num_terminated + grid.num_errors < len(grid):
+    if was_interrupted(grid):
         print(f"\nsearch interrupted: finished trials, checkpoints and the study are kept in {plan.root}.\n"
               f"Finish it with: python -m asl_ray.search --name {plan.root.name} "
               f"--storage-path {plan.root.parent} --resume")
@@ -76,6 +76,12 @@ def run_search(plan: SearchPlan) -> int:
     df = report.trials_frame(result_rows(grid, exp))
     write_results(df, plan)
     return 0
+
+
+def was_interrupted(grid) -> bool:
+    """Tune returns normally after Ctrl-C; a trial it never finished (no result, or not terminated) tells."""
+    unfinished = any(r.error is None and (r.config is None or not r.metrics) for r in grid)
+    return unfinished or grid.num_terminated + grid.num_errors < len(grid)
 
 
 def write_results(df: pd.DataFrame, plan: SearchPlan) -> None:

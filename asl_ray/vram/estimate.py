@@ -476,6 +476,9 @@ class _AllocationTracker(TorchDispatchMode):
             alloc.freed = True
             self.events.append((FREE, alloc))
 
+    def release(self) -> None:
+        self.events, self._refs, self.live = [], [], WeakIdKeyDictionary()
+
     def allocation_of(self, t: Optional[torch.Tensor]) -> Optional[_Alloc]:
         return self.live.get(t.untyped_storage()) if isinstance(t, torch.Tensor) else None
 
@@ -689,8 +692,7 @@ def trace_training_step(cfg: TrainConfig, num_classes: int = 250) -> Trace:
             optimizer, _ = make_optimizer(model, cfg)
             _use_cuda_defaults(optimizer)
             _set_phase_hooks(model, optimizer, tracker)
-            for p in model.parameters():
-                p.register_post_accumulate_grad_hook(tracker.grad_ready)
+            hooks = [p.register_post_accumulate_grad_hook(tracker.grad_ready) for p in model.parameters()]
             scaler = _TraceGradScaler(tracker, enabled=make_grad_scaler(cfg.precision, "cpu").is_enabled())
             runtime = Runtime(device=torch.device("cpu"), precision=cfg.precision, pin_memory=False)
             step = TrainStep(model, optimizer, scaler, runtime, cfg)
@@ -702,6 +704,12 @@ def trace_training_step(cfg: TrainConfig, num_classes: int = 250) -> Trace:
                 tracker.relabel(getattr(scaler, name, None), "attention_and_temporaries")
             tracker.recording = False
             events = list(tracker.events)
+            # Parts of a fake autograd graph can outlive the trace (model.py's BatchNorm keeps an output
+            # on ctx, a cycle through C++ that Python's GC frees late): they must not keep the
+            # tracker's event list alive through the parameters' hooks.
+            for hook in hooks:
+                hook.remove()
+            tracker.release()
     if tracker.boundary_start is None:
         raise RuntimeError("VRAM trace: TrainStep never called scaler.unscale_ at the accumulation boundary")
     ws, bs = window_start, tracker.boundary_start
