@@ -95,3 +95,22 @@ def test_clipping_bounds_the_update():
     moved = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach() - b)
                                                   for p, b in zip(model.parameters(), before)]))
     assert float(moved) <= 0.01 * 1.0001
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    from asl_ray.train import runtime as rt_module
+
+    def broken_compile(model, **_):
+        def fails(*_a, **_k):
+            raise RuntimeError("inductor exploded")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = GISLRModel(5).eval()
+    wrapped = rt_module.maybe_compile(model, enabled=True)
+    batch = pad_to_batch_max(_samples(2), 29)
+    with pytest.warns(RuntimeWarning, match="inductor exploded"):
+        out = wrapped(batch.x, batch.mask)
+    torch.testing.assert_close(out, model(batch.x, batch.mask))
+    assert wrapped.failed and list(wrapped.state_dict()) == ["eager." + k for k in model.state_dict()]
+    assert rt_module.maybe_compile(model, enabled=False) is model

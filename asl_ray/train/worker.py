@@ -38,7 +38,10 @@ class RayReporter:
         # An OOM ends the run early: report it as the trial's last result so Tune records it as
         # infeasible, then return normally instead of raising.
         if result["oom"]:
-            ray.train.report({**result, "node_id": ray.get_runtime_context().get_node_id()})
+            # Tune's scheduler and the searcher need every metric in every result: an infeasible
+            # run scores zero on both objectives (the searcher also marks it with a constraint).
+            ray.train.report({"val_acc": 0.0, "samples_per_s": 0.0, **result,
+                              "node_id": ray.get_runtime_context().get_node_id()})
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
