@@ -38,13 +38,15 @@ class _MaskedBatchNormFn(torch.autograd.Function):
             invstd = torch.rsqrt(var + eps)
             scale = invstd * weight
             y = torch.addcmul(bias - mean * scale, xf, scale).to(x.dtype).view_as(x)
-        ctx.save_for_backward(x, mask, mean, invstd, weight)
-        ctx.n = n
+        # n travels through save_for_backward, not as a ctx attribute: an output tensor stored on
+        # ctx makes a reference cycle that only the garbage collector breaks (late, on the GPU too).
+        ctx.mark_non_differentiable(mean, var, n)
+        ctx.save_for_backward(x, mask, mean, invstd, weight, n)
         return y, mean, var, n
 
     @staticmethod
     def backward(ctx, gy, _gmean, _gvar, _gn):
-        x, mask, mean, invstd, weight = ctx.saved_tensors
+        x, mask, mean, invstd, weight, n = ctx.saved_tensors
         acc = mean.dtype
         c = x.shape[-1]
         xf = x.reshape(-1, c).to(acc)
@@ -55,8 +57,8 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         # Every output depends on the statistics, but only real frames feed them (hence `m`):
         # gx = k * (gy - m * (sum_gy + xhat * sum_gy_xhat) / n), expanded so x is read once.
         k = weight * invstd
-        beta = k * invstd * sum_gy_xhat / ctx.n
-        alpha = k * sum_gy / ctx.n - beta * mean
+        beta = k * invstd * sum_gy_xhat / n
+        alpha = k * sum_gy / n - beta * mean
         gx = k * g - m * torch.addcmul(alpha, xf, beta)
         return gx.to(x.dtype).view_as(x), None, sum_gy_xhat, sum_gy, None
 
