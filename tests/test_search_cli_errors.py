@@ -74,3 +74,7 @@ def test_bad_data_root(space, tmp_path, capsys):
 ])
 def test_bad_flags(space, capsys, args, needle):
     assert needle in _run(capsys, "--space", str(space), *args)
+
+
+def test_resume_needs_a_name(space, tmp_path, capsys):
+    assert "--name" in _run(capsys, "--space", str(space), "--storage-path", str(tmp_path), "--resume")

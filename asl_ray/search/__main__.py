@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default=None, help="target card: rtx4070, a size in GiB, or auto (default: the space's)")
     p.add_argument("--headroom-mb", type=float, default=None, help="memory left for the desktop/other processes")
     p.add_argument("--trials", type=positive_int, default=None, help="trials to launch (default: the space's budget)")
-    p.add_argument("--name", default=None, help="experiment name: results in <storage-path>/<name>/")
+    p.add_argument("--name", default=None,
+                   help="experiment name: results in <storage-path>/<name>/ (default: <space>-<date-time>)")
     p.add_argument("--storage-path", default="runs", help="where experiments live (default runs/)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted experiment of this --name")
     p.add_argument("--select", choices=SELECT_RULES, default="fastest-within-margin",
@@ -62,7 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _saved_args(args: argparse.Namespace) -> argparse.Namespace:
     """--resume needs only --name (and --storage-path): the rest is what the experiment started with."""
-    name = args.name or Path(args.space).stem
+    if not args.name:
+        fail("--resume: give the --name of the experiment to finish (see the folders under --storage-path)")
+    name = args.name
     saved = Path(args.storage_path) / name / ARGS_FILE
     if not saved.exists():
         fail(f"--resume: no experiment named {name!r} under {args.storage_path}/ (no {saved})")
@@ -101,7 +105,8 @@ def _plan(args: argparse.Namespace):
         card = resolve_card(args.gpu or str(space.gpu), headroom)
     except (SpaceError, CardError) as e:
         fail(str(e))
-    name = args.name or Path(args.space).stem
+    # A new experiment gets a fresh name unless one is given, so rerunning the default never collides.
+    name = args.name or f"{Path(args.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     root = Path(args.storage_path) / name
     if args.resume and not (root / "tune").exists():
         fail(f"--resume: no experiment named {name!r} under {args.storage_path}/ (expected {root / 'tune'})")
