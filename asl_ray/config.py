@@ -67,9 +67,7 @@ class TrainConfig:
     aug_time_mask: bool = True
     """Mask a random span of frames."""
     aug_space_mask: bool = True
-    """Mask a random spatial box of points."""
-    aug_prob: float = 0.8
-    """Probability each switched-on augmentation is applied to a sample."""
+    """Mask a random spatial box of points. (Each augmentation's probability is the winner's: features.P_*.)"""
 
     # ---- optimisation ------------------------------------------------------------------------
     epochs: int = 20
@@ -162,10 +160,10 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 p.append(f"{name}: must be >= 0, got {getattr(self, name)!r}")
 
-        def fraction(name: str, hi_inclusive: bool = False) -> None:
+        def fraction(name: str) -> None:
             v = getattr(self, name)
-            if not (0.0 <= v <= 1.0 if hi_inclusive else 0.0 <= v < 1.0):
-                p.append(f"{name}: must be in [0, 1{']' if hi_inclusive else ')'}, got {v!r}")
+            if not 0.0 <= v < 1.0:
+                p.append(f"{name}: must be in [0, 1), got {v!r}")
 
         for name in ("dim", "depth", "num_heads", "kernel_size", "max_len", "epochs", "batch_size",
                      "gradient_accumulation_steps", "num_folds", "lr_per_64"):
@@ -176,7 +174,6 @@ class TrainConfig:
             non_negative(name)
         for name in ("drop_path", "attn_dropout", "late_dropout", "label_smoothing"):
             fraction(name)
-        fraction("aug_prob", hi_inclusive=True)
         if self.dim > 0 and self.num_heads > 0 and self.dim % self.num_heads:
             p.append(f"dim: {self.dim} must be divisible by num_heads ({self.num_heads})")
         if self.num_folds > 0 and self.fold >= self.num_folds:
