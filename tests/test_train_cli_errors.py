@@ -79,3 +79,9 @@ def test_bad_int_flag_is_argparse_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         train_main(["--data", "x", "--epochs", "many"])
     assert e.value.code == 2 and "--epochs" in capsys.readouterr().err
+
+
+def test_existing_out_without_resume(synth_root, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    assert "--out" in _run(capsys, "--data", str(synth_root), "--out", str(tmp_path / "run"))

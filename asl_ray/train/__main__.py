@@ -36,6 +36,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = Path(args.out)
         if args.resume and not (out / "checkpoints" / "last").exists() and not args.ray:
             fail(f"--resume: no checkpoint under {out / 'checkpoints' / 'last'}")
+        if not args.resume and ((out / "metrics.jsonl").exists() or (out / "ray").exists()):
+            fail(f"--out {out}: already holds a run; add --resume to continue it, or choose another --out")
         from asl_ray.data.cache import load_or_build_cache
         cache = load_or_build_cache(args.data, args.cache_dir, strict=args.strict)
     except (ConfigError, DataError, CardError) as e:
