@@ -117,7 +117,10 @@ class TrainConfig:
     inject_oom_at_step: int = 0
     """Raise torch.cuda.OutOfMemoryError at this optimizer step (1-based); 0 never does."""
     inject_nan_at_step: int = 0
-    """Make the loss NaN at this optimizer step (1-based); 0 never does."""
+    """Make the loss NaN from this optimizer step on (1-based); 0 never does."""
+    inject_worker_kill_at_epoch: int = 0
+    """Under Ray Train: the worker SIGKILLs itself at the end of this epoch, before reporting it, on a
+    fresh (not resumed) attempt; 0 never does."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -170,7 +173,8 @@ class TrainConfig:
             positive(name)
         for name in ("late_dropout_start_epoch", "fold", "min_lr", "warmup_epochs", "weight_decay_ratio",
                      "gradient_clip_val", "num_workers", "empty_cache_every", "throughput_warmup_steps",
-                     "max_steps_per_epoch", "inject_oom_at_step", "inject_nan_at_step", "seed"):
+                     "max_steps_per_epoch", "inject_oom_at_step", "inject_nan_at_step", "inject_worker_kill_at_epoch",
+                     "seed"):
             non_negative(name)
         for name in ("drop_path", "attn_dropout", "late_dropout", "label_smoothing"):
             fraction(name)

@@ -33,3 +33,17 @@ def test_oom_while_building_the_model_is_a_result_too(synth_cache, monkeypatch):
     monkeypatch.setattr(loop, "setup", no_memory)
     result = fit(tiny_config(epochs=1), synth_cache, LocalReporter(None, log=lambda *_: None))
     assert result["oom"] is True and result["oom_step"] == 0 and "2.00 GiB" in result["error"]
+
+
+def test_nan_loss_ends_the_run_as_diverged(synth_cache, tmp_path):
+    cfg = tiny_config(epochs=3, max_steps_per_epoch=6, inject_nan_at_step=2)
+    result = fit(cfg, synth_cache, LocalReporter(tmp_path, log=lambda *_: None))
+    assert result["status"] == "diverged" and result["feasible"] is False and result["epoch"] == 0
+    assert result["nonfinite_losses"] == 5 and "not finite" in result["error"]
+    assert not (tmp_path / "checkpoints").exists()  # a diverged epoch is never checkpointed
+
+
+def test_a_few_nonfinite_losses_are_not_divergence(synth_cache):
+    cfg = tiny_config(epochs=1, max_steps_per_epoch=12, inject_nan_at_step=0)
+    result = fit(cfg, synth_cache, LocalReporter(None, log=lambda *_: None))
+    assert result["status"] == "ok" and result["nonfinite_losses"] == 0

@@ -37,3 +37,17 @@ def test_oom_in_a_worker_ends_the_run_normally_with_an_infeasible_report(ray_loc
                           use_gpu=False).fit()
     assert result.error is None  # no traceback: the trial ended normally
     assert result.checkpoint is None  # nothing trained, nothing saved
+
+
+def test_killed_worker_restarts_from_its_checkpoint_without_double_counting(ray_local, synth_cache, tmp_path):
+    from asl_ray.train.worker import make_trainer, worker_loop_config
+
+    cfg = tiny_config(epochs=3, max_steps_per_epoch=2, dim=32, inject_worker_kill_at_epoch=1)
+    result = make_trainer(worker_loop_config(cfg, synth_cache.path), name="killed", storage_path=str(tmp_path),
+                          use_gpu=False, max_failures=1).fit()
+    assert result.error is None and result.metrics["epoch"] == 2
+    # Epoch 0 ran before the kill, epochs 1-2 after the restart from epoch 0's checkpoint.
+    assert result.metrics["optimizer_steps"] == 3 * 2
+    from asl_ray.train.checkpoint import load_checkpoint
+    with result.checkpoint.as_directory() as d:
+        assert [h["epoch"] for h in load_checkpoint(d)["history"]] == [0, 1, 2]

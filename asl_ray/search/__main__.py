@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=positive_int, default=None,
                    help="trials at once (default: one per GPU in the cluster, 1 without GPUs)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved for each trial's Train worker")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="worker crashes a trial survives, restarting from its last checkpoint (default 2)")
     p.add_argument("--dashboard", action="store_true", help="print the Ray dashboard's URL and how to log in")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default loopback only)")
     p.add_argument("--dashboard-port", type=positive_int, default=8265)
@@ -97,6 +99,8 @@ def _plan(args: argparse.Namespace):
     from asl_ray.vram.cards import CardError, resolve_card
     if not 0 <= args.margin < 1:
         fail(f"--margin: must be in [0, 1), got {args.margin}")
+    if args.max_failures < 0:
+        fail(f"--max-failures: must be >= 0, got {args.max_failures}")
     if not 0 < args.cpus_per_trial <= 256:
         fail(f"--cpus-per-trial: must be > 0, got {args.cpus_per_trial}")
     try:
@@ -135,7 +139,8 @@ def _plan(args: argparse.Namespace):
                       resume=args.resume, selection=Selection(args.select, args.margin), emulate=args.emulate,
                       address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
                       dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port,
-                      concurrency=args.concurrency or 0, cpus_per_trial=args.cpus_per_trial)
+                      concurrency=args.concurrency or 0, cpus_per_trial=args.cpus_per_trial,
+                      max_failures=args.max_failures)
 
 
 if __name__ == "__main__":

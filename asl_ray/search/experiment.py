@@ -59,6 +59,7 @@ class Experiment:
     emulate: bool
     concurrency: int = 0  # 0: one trial per GPU in the cluster (1 without GPUs)
     cpus_per_trial: float = 1.0
+    max_failures: int = 2  # worker crashes a trial survives (restarted from its last checkpoint)
 
     @property
     def study_name(self) -> str:
@@ -79,7 +80,8 @@ def _trainable(exp: Experiment, use_gpu: bool):
     settings = TrialSettings(
         base_config=exp.space.base_config().to_dict(), cache_path=str(exp.cache_path),
         train_storage=str((exp.root / TRAIN_DIR).resolve()), use_gpu=use_gpu,
-        cpus_per_worker=exp.cpus_per_trial, emulate_usable_bytes=exp.card.usable_bytes if exp.emulate and use_gpu else None)
+        cpus_per_worker=exp.cpus_per_trial, emulate_usable_bytes=exp.card.usable_bytes if exp.emulate and use_gpu else None,
+        max_failures=exp.max_failures)
     return tune.with_resources(tune.with_parameters(train_driver_fn, settings=settings), {"cpu": DRIVER_CPUS})
 
 
@@ -147,8 +149,8 @@ def _trial_row(result, exp: Experiment) -> dict[str, Any]:
     epochs_run = int(m.get("training_iteration", 0))
     if result.error is not None:
         status = "error"
-    elif m.get("oom"):
-        status = "oom"
+    elif m.get("status") in ("oom", "diverged"):
+        status = m["status"]
     elif epochs_run < exp.space.budget.epochs:
         status = "stopped"
     else:

@@ -35,6 +35,7 @@ class SearchPlan:
     dashboard_port: int
     concurrency: int = 0
     cpus_per_trial: float = 1.0
+    max_failures: int = 2
 
 
 def start_ray(plan: SearchPlan) -> None:
@@ -66,7 +67,8 @@ def run_search(plan: SearchPlan) -> int:
     start_ray(plan)
     exp = Experiment(space=plan.space, card=plan.card, root=plan.root, cache_path=plan.cache.path,
                      num_classes=plan.cache.num_classes, trials=plan.trials, emulate=plan.emulate,
-                     concurrency=plan.concurrency, cpus_per_trial=plan.cpus_per_trial)
+                     concurrency=plan.concurrency, cpus_per_trial=plan.cpus_per_trial,
+                     max_failures=plan.max_failures)
     grid = run(exp, resume=plan.resume)
     if was_interrupted(grid):
         print(f"\nsearch interrupted: finished trials, checkpoints and the study are kept in {plan.root}.\n"

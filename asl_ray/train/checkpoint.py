@@ -47,8 +47,8 @@ class LocalReporter:
             save_checkpoint(checkpoint, self.checkpoint_dir)
 
     def run_end(self, result: dict[str, Any]) -> None:
-        if result["oom"]:
-            self.log(f"out of memory at optimizer step {result['oom_step']}: run infeasible ({result['error']})")
+        if result["status"] != "ok":  # ended early: out of memory or diverged
+            self.log(f"run ended early ({result['status']}, infeasible): {result['error']}")
             self.metrics.write(result)
         if self.out:
             (self.out / "result.json").write_text(json.dumps(result, indent=1, default=float))

@@ -142,16 +142,40 @@ def train_epoch(s: Session) -> dict[str, float]:
     s.train_loader.batch_sampler.set_epoch(s.epoch)
     meter = ThroughputMeter(rt, cfg.throughput_warmup_steps)
     n = s.batches_per_epoch()
+    # Counted on the device: no host sync per batch.
     loss_sum = torch.zeros((), device=rt.device)
+    nonfinite = torch.zeros((), device=rt.device, dtype=torch.int64)
     for i, batch in enumerate(islice(s.train_loader, n)):
         window, at_boundary = accumulation_window(i, n, cfg.gradient_accumulation_steps)
-        loss_sum += s.step(batch.to(rt.device, non_blocking=rt.non_blocking), window, at_boundary)
+        loss = s.step(batch.to(rt.device, non_blocking=rt.non_blocking), window, at_boundary)
+        finite = torch.isfinite(loss)
+        loss_sum += torch.where(finite, loss, torch.zeros_like(loss))
+        nonfinite += (~finite).long()
         meter.batch_done(len(batch), at_boundary)
         if cfg.empty_cache_every and (i + 1) % cfg.empty_cache_every == 0:
             rt.empty_cache()
         if i % 16 == 0:
             s.memory.sample()
-    return {"train_loss": float(loss_sum) / max(1, n), **meter.result()}
+    bad = int(nonfinite)
+    return {"train_loss": float(loss_sum) / max(1, n - bad), "nonfinite_losses": bad, "train_batches": n,
+            **meter.result()}
+
+
+def has_diverged(s: Session, train_metrics: dict[str, float]) -> bool:
+    """Most of the epoch's losses were NaN/inf, or the weights are. An fp16 overflow now and then is
+    not divergence: the GradScaler skips those steps and lowers its scale."""
+    if train_metrics["nonfinite_losses"] * 2 > train_metrics["train_batches"]:
+        return True
+    return not all(bool(torch.isfinite(p).all()) for p in s.model.parameters())
+
+
+def diverged_result(s: Session, train_metrics: dict[str, float]) -> dict[str, Any]:
+    s.step.optimizer.zero_grad(set_to_none=True)
+    return {"oom": False, "feasible": False, "status": "diverged", "epoch": s.epoch,
+            "optimizer_steps": s.step.attempted_steps, "scaler_skipped_steps": s.step.skipped_steps,
+            **train_metrics, **s.memory.result(),
+            "error": f"loss not finite in {train_metrics['nonfinite_losses']} of {train_metrics['train_batches']} "
+                     f"batches of epoch {s.epoch}"}
 
 
 @torch.inference_mode()
@@ -226,6 +250,10 @@ def fit(cfg: TrainConfig, cache: SequenceCache, reporter: Reporter, runtime: Opt
         started = time.perf_counter()
         try:
             train_metrics = train_epoch(s)
+            if has_diverged(s, train_metrics):
+                result = diverged_result(s, train_metrics)
+                reporter.run_end(result)
+                return result
             val_metrics = evaluate(s)
         except torch.cuda.OutOfMemoryError as e:
             result = oom_result(s, e)

@@ -6,6 +6,8 @@ driver is memory-mapped.
 """
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +27,13 @@ from asl_ray.train.runtime import Runtime
 class RayReporter:
     """ray.train.report per epoch; the checkpoint comes from rank 0 only."""
 
+    def __init__(self, kill_at_epoch: int = 0):
+        self.kill_at_epoch = kill_at_epoch  # fault injection (tests): 0 never kills
+
     def epoch_end(self, metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+        if self.kill_at_epoch and metrics["epoch"] == self.kill_at_epoch:
+            # As a crashed worker would: this epoch's work is lost, the last checkpoint is not.
+            os.kill(os.getpid(), signal.SIGKILL)
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}  # where the worker ran
         if ray.train.get_context().get_world_rank() == 0:
             with tempfile.TemporaryDirectory() as tmp:
@@ -35,9 +43,9 @@ class RayReporter:
             ray.train.report(metrics)
 
     def run_end(self, result: dict[str, Any]) -> None:
-        # An OOM ends the run early: report it as the trial's last result so Tune records it as
-        # infeasible, then return normally instead of raising.
-        if result["oom"]:
+        # An OOM or a divergence ends the run early: report it as the trial's last result so Tune
+        # records it as infeasible, then return normally instead of raising.
+        if result["status"] != "ok":
             # Tune's scheduler and the searcher need every metric in every result: an infeasible
             # run scores zero on both objectives (the searcher also marks it with a constraint).
             ray.train.report({"val_acc": 0.0, "samples_per_s": 0.0, **result,
@@ -52,7 +60,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         from asl_ray.vram.cards import emulate_card_memory
         emulate_card_memory(config["emulate_usable_bytes"], device)
     resume_state = _resume_state(ray.train.get_checkpoint())
-    reporter = RayReporter()
+    reporter = RayReporter(kill_at_epoch=cfg.inject_worker_kill_at_epoch if resume_state is None else 0)
     if resume_state is not None and resume_state["epoch"] + 1 >= cfg.epochs:
         # Restored after the last epoch's report was lost to Tune: say it again, train nothing.
         reporter.epoch_end(resume_state["history"][-1], resume_state)
