@@ -74,6 +74,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -90,6 +91,8 @@ from asl_ray.vram.constants import MiB
 from asl_ray.vram.trace import (  # noqa: F401 (re-exported, as above)
     ALLOC, FREE, GRAD_READY, Trace, _BatchTemplate, mem_efficient_backward_scratch_bytes,
     trace_training_step)
+
+log = logging.getLogger(__name__)
 
 ESTIMATOR_VERSION = 1
 """Bump when the method changes: cached estimates of other versions are ignored."""
@@ -260,8 +263,9 @@ def _store_on_disk(key: str, estimate: VramEstimate) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-    except OSError:
-        pass  # a read-only home must not break estimation
+    except OSError as e:
+        # A read-only home must not break estimation: the in-memory cache still answers.
+        log.debug("VRAM estimate cache not written to %s: %s", path, e)
 
 
 def _with_compile_kernels(eager: VramEstimate, seconds: float) -> VramEstimate:
