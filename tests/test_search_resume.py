@@ -1,4 +1,5 @@
-"""Interrupt a real search (SIGINT, as Ctrl-C) after a trial finished, then --resume: nothing finished runs again."""
+"""Interrupt a real search (SIGINT as Ctrl-C, or SIGKILL as a crash) after a trial finished, then --resume:
+nothing finished runs again, and the study has no duplicate or orphan trials."""
 import signal
 import subprocess
 import sys
@@ -24,7 +25,8 @@ def _finished_trials(db: Path, name: str) -> list:
     return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("status") != "rejected"]
 
 
-def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root, synth_cache, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root, synth_cache, tmp_path, stop):
     space = write_search_space(tmp_path / "space.yaml", trials=3)
     cmd = [sys.executable, "-m", "asl_ray.search", "--space", str(space), "--data", str(synth_root),
            "--cache-dir", str(synth_cache.path.parent), "--storage-path", str(tmp_path / "runs"), "--name", "r"]
@@ -35,8 +37,11 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root
         while time.time() < deadline and proc.poll() is None and not _finished_trials(root / "optuna.db", "r"):
             time.sleep(2)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=180) == 130  # interrupted, said so, and nothing written as final
+        if stop == signal.SIGKILL:
+            time.sleep(15)  # Tune saves the experiment's state every 10 s; a kill loses at most that
+        proc.send_signal(stop)
+        code = proc.wait(timeout=180)
+        assert code == (130 if stop == signal.SIGINT else -signal.SIGKILL)  # Ctrl-C: said so, exit 130
     before = {t.user_attrs["ray_trial_id"]: t.number for t in _finished_trials(root / "optuna.db", "r")}
     assert before
 
@@ -57,4 +62,8 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root
         assert len(list((root / "train").glob(f"trial-{trial_id}"))) == 1
     after = {t.user_attrs["ray_trial_id"]: t.number for t in _finished_trials(root / "optuna.db", "r")}
     assert all(after[k] == v for k, v in before.items())  # the same Optuna trials, not new copies
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert not [t.number for t in study.trials if t.state.name == "RUNNING"]  # no orphans
+    told = sorted(t.user_attrs["ray_trial_id"] for t in study.trials if "ray_trial_id" in t.user_attrs)
+    assert told == sorted(launched["trial_id"])  # one Optuna trial per Tune trial: no failed twins
     assert (root / "best_config.yaml").exists() or not (launched["status"] == "ok").any()

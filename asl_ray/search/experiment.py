@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from asl_ray.config import TrainConfig
 from asl_ray.search.report import PARAM_COLUMNS, TEST_HOOK_COLUMNS
 from asl_ray.search.driver import DRIVER_CPUS, TrialSettings, train_driver_fn
-from asl_ray.search.searcher import FitAwareOptunaSearch
+from asl_ray.search.searcher import FitAwareOptunaSearch, fail_unfinished_trials
 from asl_ray.search.space import SearchSpace
 from asl_ray.vram.cards import Card
 
@@ -114,6 +114,8 @@ def run(exp: Experiment, resume: bool) -> Any:
     # The classic progress table honours our columns (batch, accum, dim, max_len, dtype, acc, samples/s,
     # peak memory, status); Tune's newer output ignores the reporter.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Save the experiment's state at least every 10 s (it is small): a killed driver loses little.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     use_gpu = cluster_gpus() > 0
     trainable = _trainable(exp, use_gpu)
     if resume:
@@ -129,6 +131,12 @@ def run(exp: Experiment, resume: bool) -> Any:
     grid = tuner.fit()
     log.info("tune finished in %.0f s", time.perf_counter() - started)
     return grid
+
+
+def close_study(exp: Experiment) -> int:
+    """After a search that ran to its end: trials that never finished are told FAIL (see searcher)."""
+    study = optuna.load_study(study_name=exp.study_name, storage=exp.storage_url())
+    return fail_unfinished_trials(study)
 
 
 def result_rows(grid, exp: Experiment) -> list[dict[str, Any]]:

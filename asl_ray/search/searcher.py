@@ -104,8 +104,12 @@ class FitAwareOptunaSearch(OptunaSearch):
             if result and key in result:
                 ot_trial.set_user_attr(key, result[key])
         if error or not result:
-            self._tell(trial_id, None, optuna.trial.TrialState.FAIL)
-        elif not result.get("feasible", True) or result.get("status") in ("oom", "diverged"):
+            # Not told yet: an interrupted search marks its in-flight trials errored, and a resumed
+            # run finishes them; telling FAIL now would leave a failed twin in the study. Trials that
+            # really failed are told FAIL when the search ends (`fail_unfinished_trials`).
+            ot_trial.set_user_attr("status", "error")
+            return
+        if not result.get("feasible", True) or result.get("status") in ("oom", "diverged"):
             ot_trial.set_user_attr(INFEASIBLE, 1.0)
             ot_trial.set_constraint(INFEASIBLE, 1.0)
             self._tell(trial_id, [0.0, 0.0], optuna.trial.TrialState.COMPLETE)
@@ -122,3 +126,12 @@ class FitAwareOptunaSearch(OptunaSearch):
         except Exception as e:  # e.g. a NaN value: the study keeps going, the trial table shows it
             log.warning("could not tell Optuna about trial %s: %s", trial_id, e)
         self._completed_trials.add(trial_id)
+
+
+def fail_unfinished_trials(study: optuna.Study) -> int:
+    """At the end of a finished search: every Optuna trial still RUNNING (its Tune trial errored, or it
+    was asked for and never launched) is told FAIL, so the study holds no running orphans."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, None, state=optuna.trial.TrialState.FAIL)
+    return len(running)

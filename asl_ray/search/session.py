@@ -59,7 +59,7 @@ def dashboard_help(url: str) -> str:
 
 
 def run_search(plan: SearchPlan) -> int:
-    from asl_ray.search.experiment import Experiment, result_rows, run
+    from asl_ray.search.experiment import Experiment, close_study, result_rows, run
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"target: {plan.card.describe()}")
     print(f"space: {plan.space.path} ({plan.trials} trials, {plan.space.budget.epochs} epochs each, "
@@ -75,6 +75,7 @@ def run_search(plan: SearchPlan) -> int:
               f"Finish it with: python -m asl_ray.search --name {plan.root.name} "
               f"--storage-path {plan.root.parent} --resume")
         return EXIT_INTERRUPTED
+    close_study(exp)
     df = report.trials_frame(result_rows(grid, exp))
     write_results(df, plan)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +25,9 @@ from asl_ray.train.loop import fit
 from asl_ray.train.runtime import Runtime
 
 
+KILL_GRACE_SECONDS = 6.0
+
+
 class RayReporter:
     """ray.train.report per epoch; the checkpoint comes from rank 0 only."""
 
@@ -32,7 +36,10 @@ class RayReporter:
 
     def epoch_end(self, metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         if self.kill_at_epoch and metrics["epoch"] == self.kill_at_epoch:
-            # As a crashed worker would: this epoch's work is lost, the last checkpoint is not.
+            # As a crashed worker would: this epoch's work is lost, the last checkpoint is not. The
+            # pause lets the controller register that checkpoint first (it polls every few seconds;
+            # a real crash comes long after it, test epochs are very short).
+            time.sleep(KILL_GRACE_SECONDS)
             os.kill(os.getpid(), signal.SIGKILL)
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}  # where the worker ran
         if ray.train.get_context().get_world_rank() == 0:
