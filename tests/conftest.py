@@ -46,7 +46,7 @@ def ray_local():
 
 def write_search_space(path: Path, **budget) -> Path:
     """A search space small enough for CI, on a 0.7 GiB 'card': the second baseline cannot fit, the third
-    runs out of memory at its second step."""
+    runs out of memory at its second step, the fourth's loss turns NaN at its second step."""
     import yaml
     space = {
         "gpu": 0.7, "headroom_mb": 0, "sampler": "tpe", "scheduler": "asha", "seed": 0,
@@ -58,10 +58,12 @@ def write_search_space(path: Path, **budget) -> Path:
                    "gradient_accumulation_steps": {"type": "categorical", "choices": [1, 2]},
                    "max_len": {"type": "categorical", "choices": [32, 512]},
                    # A test hook as a searched key: a trial that runs out of memory at its 2nd step.
-                   "inject_oom_at_step": {"type": "categorical", "choices": [0, 2]}},
+                   "inject_oom_at_step": {"type": "categorical", "choices": [0, 2]},
+                   "inject_nan_at_step": {"type": "categorical", "choices": [0, 2]}},
         "baselines": [{"batch_size": 8, "gradient_accumulation_steps": 2, "max_len": 32},
                       {"batch_size": 64, "gradient_accumulation_steps": 1, "max_len": 512},
-                      {"batch_size": 16, "gradient_accumulation_steps": 1, "max_len": 32, "inject_oom_at_step": 2}],
+                      {"batch_size": 16, "gradient_accumulation_steps": 1, "max_len": 32, "inject_oom_at_step": 2},
+                      {"batch_size": 16, "gradient_accumulation_steps": 2, "max_len": 32, "inject_nan_at_step": 2}],
     }
     path.write_text(f"# python -m asl_ray.search --space {path.name}\n" + yaml.safe_dump(space, sort_keys=False))
     return path

@@ -71,6 +71,12 @@ def test_bad_data_root(space, tmp_path, capsys):
     (["--margin", "2"], "--margin"),
     (["--select", "random"], "--select"),
     (["--cpus-per-trial", "-1"], "--cpus-per-trial"),
+    (["--max-failures", "-1"], "--max-failures"),
+    (["--concurrency", "0"], "--concurrency"),
+    (["--num-cpus", "0"], "--num-cpus"),
+    (["--dashboard-port", "x"], "--dashboard-port"),
+    (["--headroom-mb", "-1"], "--headroom-mb"),
+    (["--margin", "x"], "--margin"),
 ])
 def test_bad_flags(space, capsys, args, needle):
     assert needle in _run(capsys, "--space", str(space), *args)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys):
-    space = write_search_space(tmp_path / "space.yaml")
+    space = write_search_space(tmp_path / "space.yaml", trials=4)
     rc = search_main(["--space", str(space), "--data", str(synth_root), "--cache-dir", str(synth_cache.path.parent),
                       "--storage-path", str(tmp_path / "runs"), "--name", "e2e"])
     assert rc == 0
@@ -23,10 +23,12 @@ def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys)
     df = pd.read_parquet(root / "trials.parquet")
     launched = df[df["status"] != "rejected"]
     rejected = df[df["status"] == "rejected"]
-    assert len(launched) == 3  # rejected configs do not use up the trial budget
-    assert set(launched["status"]) <= {"ok", "stopped", "oom"}
-    oom = launched[(launched["batch_size"] == 16) & (launched["inject_oom_at_step"] == 2)]
-    assert list(oom["status"]) == ["oom"] and not oom["feasible"].any()  # infeasible, and the search went on
+    assert len(launched) == 4  # rejected configs do not use up the trial budget
+    assert set(launched["status"]) <= {"ok", "stopped", "oom", "diverged"}
+    oom = launched[(launched["inject_oom_at_step"] == 2) & (launched["inject_nan_at_step"] == 0)]
+    assert set(oom["status"]) == {"oom"} and not oom["feasible"].any()  # infeasible, and the search went on
+    nan = launched[(launched["inject_nan_at_step"] == 2) & (launched["inject_oom_at_step"] == 0)]
+    assert set(nan["status"]) == {"diverged"} and not nan["on_pareto_front"].any()  # never the best
     # The second baseline (64 x 512) is predicted not to fit 0.7 GiB: recorded, never launched.
     big = rejected[(rejected["batch_size"] == 64) & (rejected["max_len"] == 512)]
     assert len(big) >= 1 and (big["predicted_peak_mb"] > 0.7 * 1024).all()
@@ -39,7 +41,7 @@ def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys)
     assert by_state.get("RUNNING", 0) == 0
     assert sum(1 for t in study.trials if t.user_attrs.get("status") == "rejected") == len(rejected)
     assert all(t.constraints.get("infeasible", 0) > 0 for t in study.trials
-               if t.user_attrs.get("status") in ("rejected", "oom"))
+               if t.user_attrs.get("status") in ("rejected", "oom", "diverged"))
     finished_ok = df[df["status"] == "ok"]
     completed_feasible = [t for t in study.trials if t.state.name == "COMPLETE" and t.constraints.get("infeasible") == 0]
     assert len(completed_feasible) == len(finished_ok)
@@ -51,5 +53,21 @@ def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "Pareto front" in out and "Chosen: trial" in out
 
+    _assert_no_secret_written(root)
+
     assert train_main(["--data", str(synth_root), "--cache-dir", str(synth_cache.path.parent), "--config",
                        str(root / "best_config.yaml"), "--out", str(tmp_path / "best"), "--epochs", "1"]) == 0
+
+
+def _assert_no_secret_written(root):
+    """Ray's auth token (on by default, never switched off by us) appears in no result or log file."""
+    import os
+    from pathlib import Path
+    assert os.environ.get("RAY_AUTH_MODE", "token") != "disabled"
+    token_file = Path.home() / ".ray" / "auth_token"
+    secrets = [token_file.read_text().strip()] if token_file.exists() else []
+    secrets += [os.environ["RAY_AUTH_TOKEN"]] if os.environ.get("RAY_AUTH_TOKEN") else []
+    for path in root.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".csv", ".md", ".yaml", ".log", ".txt", ".jsonl", ""):
+            text = path.read_text(errors="ignore")
+            assert not any(secret and secret in text for secret in secrets), path

@@ -66,6 +66,10 @@ def test_missing_data_root(tmp_path, capsys):
     (["--set", "batch_size"], "--set"),
     (["--config", "nope.yaml"], "nope.yaml"),
     (["--emulate-gpu", "gtx-imaginary"], "gtx-imaginary"),
+    (["--emulate-gpu", "rtx4070", "--headroom-mb", "-1"], "--headroom-mb"),
+    (["--set", "fold=9"], "fold"),
+    (["--set", "lr_per_64=-1"], "lr_per_64"),
+    (["--epochs", "0"], "epochs"),
 ])
 def test_bad_flags(synth_root, capsys, args, needle):
     assert needle in _run(capsys, "--data", str(synth_root), *args)
