@@ -67,3 +67,15 @@ def write_search_space(path: Path, **budget) -> Path:
     }
     path.write_text(f"# python -m asl_ray.search --space {path.name}\n" + yaml.safe_dump(space, sort_keys=False))
     return path
+
+
+def expect_bad_input(main, capsys, *args) -> str:
+    """Run a CLI's main on bad input: exit code 2, one 'error: ' line (progress bars may precede it),
+    no traceback. Returns that line."""
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]

@@ -3,16 +3,12 @@ import pytest
 import yaml
 
 from asl_ray.search.__main__ import main as search_main
-from conftest import write_search_space
+from conftest import expect_bad_input, write_search_space
 
 
 def _run(capsys, *args):
     import ray
-    with pytest.raises(SystemExit) as e:
-        search_main(list(args))
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    err = expect_bad_input(search_main, capsys, *args)
     assert not ray.is_initialized()
     return err
 

@@ -7,16 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from asl_ray.train.__main__ import main as train_main
+from conftest import expect_bad_input
 
 
 def _run(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        train_main(list(args))
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # progress bars may precede it
-    assert len(errors) == 1 and "Traceback" not in err
-    return errors[0]
+    return expect_bad_input(train_main, capsys, *args)
 
 
 @pytest.fixture

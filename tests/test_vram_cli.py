@@ -3,6 +3,7 @@ import pytest
 import yaml
 
 from asl_ray.vram.__main__ import main as vram_main
+from conftest import expect_bad_input
 from asl_ray.vram.cards import CARD_TOTAL_MIB, CardError, resolve_card
 
 
@@ -39,10 +40,7 @@ def test_space_table(tmp_path, capsys):
     (["--num-classes", "0"], "--num-classes"),
 ])
 def test_bad_inputs(capsys, args, needle):
-    with pytest.raises(SystemExit) as e:
-        vram_main(args)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and len(err.splitlines()) == 1 and needle in err
+    assert needle in expect_bad_input(vram_main, capsys, *args)
 
 
 def test_gpu_auto_without_a_gpu_is_a_clear_error():
