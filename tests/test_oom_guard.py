@@ -44,6 +44,16 @@ def test_nan_loss_ends_the_run_as_diverged(synth_cache, tmp_path):
 
 
 def test_a_few_nonfinite_losses_are_not_divergence(synth_cache):
-    cfg = tiny_config(epochs=1, max_steps_per_epoch=12, inject_nan_at_step=0)
-    result = fit(cfg, synth_cache, LocalReporter(None, log=lambda *_: None))
-    assert result["status"] == "ok" and result["nonfinite_losses"] == 0
+    """The rule itself: a minority of NaN/inf losses (fp16 overflows the scaler skips) is not divergence;
+    a majority, or non-finite weights, is."""
+    from types import SimpleNamespace
+
+    from asl_ray.model import GISLRModel
+    from asl_ray.train.loop import has_diverged
+
+    session = SimpleNamespace(model=GISLRModel(5))
+    assert not has_diverged(session, {"nonfinite_losses": 3, "train_batches": 12})
+    assert has_diverged(session, {"nonfinite_losses": 7, "train_batches": 12})
+    with torch.no_grad():
+        next(session.model.parameters())[0] = float("nan")
+    assert has_diverged(session, {"nonfinite_losses": 0, "train_batches": 12})
