@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, Optional, Sequence
 
 import yaml
 
 from asl_ray.config import ConfigError, TrainConfig
 
 EXIT_BAD_INPUT = 2
+DEFAULT_DATA = Path("data/synth")
+"""Where entry points without --data write (once) and read the synthetic set."""
 
 
 def fail(message: str) -> NoReturn:
@@ -79,3 +82,21 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(f"{self.prog}: {message} (see --help)")
+
+
+def open_data_or_fail(data: Optional[str], cache_dir: Optional[str] = None):
+    """(data root, its SequenceCache) for --data, or for the synthetic default (written on first use);
+    bad data exits 2 with one line naming the file."""
+    from asl_ray.data.cache import load_or_build_cache
+    from asl_ray.data.gislr import DataError
+    root = Path(data) if data else DEFAULT_DATA
+    try:
+        if data is None and not (root / "train.csv").exists():
+            from asl_ray.data.synth import write_synthetic_root
+            print(f"no --data given: writing the synthetic set to {root}")
+            write_synthetic_root(root)
+        return root, load_or_build_cache(root, cache_dir)
+    except (DataError, ConfigError) as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{getattr(e, 'filename', '') or root}: {e.strerror or e}")

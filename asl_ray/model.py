@@ -119,6 +119,20 @@ class ECA(nn.Module):
         return x * gate.unsqueeze(1)
 
 
+@torch.compiler.disable
+def causal_depthwise_conv(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, L, C) -> (B, L, C) depthwise convolution with `weight` (C, 1, K), padded on the left only so
+    that a real frame never sees the padding at the end.
+
+    Kept out of torch.compile (a graph break; the convolution runs as cuDNN's / oneDNN's kernel):
+    inductor's convolution-backward lowering pins the sequence length, so every new padded length
+    recompiled the whole model, and after 8 lengths dynamo gave up and ran eager. Writing the
+    convolution as K shifted multiply-adds stays dynamic but took over 10 minutes to compile at dim 192.
+    """
+    k = weight.shape[-1]
+    return F.conv1d(F.pad(h.transpose(1, 2), (k - 1, 0)), weight, groups=weight.shape[0]).transpose(1, 2)
+
+
 class Conv1DBlock(nn.Module):
     def __init__(self, dim: int, kernel_size: int, drop_path: float, expand: int = 2):
         super().__init__()
@@ -133,8 +147,7 @@ class Conv1DBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.expand(x))
-        # Causal: pad on the left only, so a real frame never sees the padding at the end.
-        h = self.dwconv(F.pad(h.transpose(1, 2), (self.kernel_size - 1, 0))).transpose(1, 2)
+        h = causal_depthwise_conv(h, self.dwconv.weight)
         h = self.eca(self.bn(h, mask), mask)
         h = self.drop_path(self.project(h))
         return (x + h) * mask.unsqueeze(-1).to(x.dtype)

@@ -38,6 +38,13 @@ def test_pickles_as_a_path_not_the_data(synth_cache):
     assert len(pickle.loads(blob)) == len(synth_cache)
 
 
+def test_relative_data_root_gives_an_absolute_cache_path(synth_root, monkeypatch):
+    # Regression: a relative path broke every Ray worker, whose working directory is not ours.
+    monkeypatch.chdir(synth_root.parent)
+    cache = load_or_build_cache(synth_root.name, progress=False)
+    assert cache.path.is_absolute() and (cache.path / "manifest.json").exists()
+
+
 def test_changed_root_gets_a_new_key(synth_root, tmp_path):
     root = _copy_root(synth_root, tmp_path / "root")
     before = cache_key(DataRoot.load(root))

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from asl_ray.config import TrainConfig
@@ -59,3 +60,33 @@ def test_padding_does_not_change_output_in_training_mode():
     model = GISLRModel(20, drop_path=0.0, attn_dropout=0.0, late_dropout=0.0).train()
     a, b = _padding_pair(model)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_conv_is_causal():
+    from asl_ray.model import causal_depthwise_conv
+    h, w = torch.randn(3, 23, 8), torch.randn(8, 1, 5)
+    out = causal_depthwise_conv(h, w)
+    assert out.shape == h.shape
+    assert torch.equal(out[:, 0], h[:, 0] * w[:, 0, -1])  # frame 0 sees only itself
+    later = h.clone()
+    later[:, 10:] += 1.0
+    torch.testing.assert_close(causal_depthwise_conv(later, w)[:, :10], out[:, :10])  # nor any later frame
+
+
+@pytest.mark.slow
+def test_compiled_model_does_not_recompile_for_new_lengths():
+    # Batches are padded to their longest sequence, so lengths vary batch to batch; a recompile per
+    # length (8 of them and dynamo falls back to eager) would make compile=True slower than eager.
+    import torch._dynamo
+    from asl_ray.model import GISLRModel
+    torch._dynamo.reset()
+    model = GISLRModel.from_config(TrainConfig(dim=32, depth=1, max_len=128, drop_path=0.0, attn_dropout=0.0,
+                                               late_dropout=0.0), 5)  # no dropout: outputs compare
+    compiled = torch.compile(model, dynamic=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for length in (17, 29, 40):
+            x, mask = torch.randn(2, length, 708), torch.ones(2, length, dtype=torch.bool)
+            mask[1, length // 2:] = False
+            out = compiled(x, mask)
+            out.sum().backward()
+            torch.testing.assert_close(out, model(x, mask), rtol=1e-4, atol=1e-4)

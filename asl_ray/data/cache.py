@@ -49,7 +49,8 @@ class SequenceCache:
     """The preprocessed set: per-sequence raw (T, 118, 2) points, labels and participants, memory-mapped."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
+        # Absolute: Ray workers and DataLoader workers reopen it from another working directory.
+        self.path = Path(path).absolute()
         manifest = json.loads((self.path / _MANIFEST).read_text())
         self.manifest = manifest
         self.label_map: dict[str, int] = manifest["label_map"]

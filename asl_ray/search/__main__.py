@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from asl_ray.cli import OneLineParser, fail, positive_int
+from asl_ray.cli import DEFAULT_DATA, OneLineParser, fail, open_data_or_fail, positive_int
 from asl_ray.search.report import SELECT_RULES, Selection
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SPACE = REPO / "search_spaces" / "cpu-smoke.yaml"
-DEFAULT_DATA = Path("data/synth")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,8 +91,6 @@ def _save_args(args: argparse.Namespace, root: Path) -> None:
 
 
 def _plan(args: argparse.Namespace):
-    from asl_ray.config import ConfigError
-    from asl_ray.data.gislr import DataError
     from asl_ray.search.session import SearchPlan
     from asl_ray.search.space import SpaceError, load_space
     from asl_ray.vram.cards import CardError, resolve_card
@@ -123,19 +120,9 @@ def _plan(args: argparse.Namespace):
         probe.unlink()
     except OSError as e:
         fail(f"--storage-path: cannot write to {root}: {e.strerror or e}")
-    data = Path(args.data) if args.data else DEFAULT_DATA
-    try:
-        if args.data is None and not (data / "train.csv").exists():
-            from asl_ray.data.synth import write_synthetic_root
-            print(f"no --data given: writing the synthetic set to {data}")
-            write_synthetic_root(data)
-        from asl_ray.data.cache import load_or_build_cache
-        cache = load_or_build_cache(data, args.cache_dir)
-    except (DataError, ConfigError) as e:
-        fail(str(e))
-    except OSError as e:
-        fail(f"{getattr(e, 'filename', '') or data}: {e.strerror or e}")
-    return SearchPlan(space=space, card=card, root=root, cache=cache, data=data, trials=args.trials or space.budget.trials,
+    data, cache = open_data_or_fail(args.data, args.cache_dir)
+    trials = space.trials_to_run(args.trials or space.budget.trials)
+    return SearchPlan(space=space, card=card, root=root, cache=cache, data=data, trials=trials,
                       resume=args.resume, selection=Selection(args.select, args.margin), emulate=args.emulate,
                       address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
                       dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port,

@@ -12,7 +12,9 @@ stopped early -> PRUNED (a partial accuracy must not reach the Pareto front); cr
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 import time
 from typing import Any, Callable, Optional
 
@@ -30,6 +32,8 @@ MODES = ["max", "max"]
 CONFIG_PREFIX = "train_loop_config/"
 INFEASIBLE = "infeasible"  # the constraint's key: > 0 means the config does not fit / failed
 MAX_CONSECUTIVE_REJECTIONS = 500
+MAX_CONSECUTIVE_DUPLICATES = 20
+MAX_GRID_POINTS = 200_000  # untried points considered for a converged sampler
 
 
 def optuna_distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -45,19 +49,43 @@ def optuna_distributions(space: SearchSpace) -> dict[str, optuna.distributions.B
     return out
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for ask/tell use: it stops the study once every point was visited, which only works
+    inside `study.optimize` (elsewhere `study.stop` raises from `tell`). The search's trial count is
+    capped to the grid size instead (`SearchSpace.trials_to_run`)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """Both samplers read the constraints set with `trial.set_constraint` (Optuna 5's replacement
-    for the deprecated `constraints_func`)."""
+    """TPE and NSGA-II read the constraints set with `trial.set_constraint` (Optuna 5's replacement
+    for the deprecated `constraints_func`); the grid sampler visits every grid point once, in an order
+    shuffled by the seed (the exhaustive baseline of bench/search_efficiency.py)."""
+    if space.sampler == "grid":
+        grid = {CONFIG_PREFIX + p.name: p.grid_values() for p in space.params}
+        return AskTellGridSampler(grid, seed=space.seed)
     if space.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=space.seed)
     return optuna.samplers.TPESampler(seed=space.seed, multivariate=True,
                                       n_startup_trials=min(10, max(2, space.budget.trials // 4)))
 
 
+def config_key(values: dict) -> tuple:
+    return tuple(sorted(values.items()))
+
+
 class FitAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch + VRAM rejection in `suggest`, constraints, and PRUNED for early-stopped trials.
+    """OptunaSearch + VRAM rejection in `suggest`, constraints, PRUNED for early-stopped trials, and no
+    config launched twice.
 
     `predict(values) -> (fits, predicted_peak_bytes)` is called on every sampled config.
+
+    Duplicates: on a discrete space TPE proposes configs it already ran (2 of 12 trials in the smoke
+    search). A repeat is never launched: Optuna is told the first run's outcome again (or PRUNED while
+    that run is unfinished or was stopped early), and a new config is sampled. After
+    `MAX_CONSECUTIVE_DUPLICATES` repeats in a row, an untried point of the space's grid is enqueued, so
+    a converged sampler still spends the trial budget on something new.
     """
 
     def __init__(self, space: SearchSpace, predict: Callable[[dict], tuple[bool, int]], storage, study_name: str,
@@ -67,17 +95,31 @@ class FitAwareOptunaSearch(OptunaSearch):
                          sampler=make_sampler(space), storage=storage, study_name=study_name)
         self._predict = predict
         self._max_epochs = max_epochs
+        self._space_spec = space
+        self._untried_grid: Optional[list[tuple]] = None  # built when first needed
+        self._launched: dict[tuple, str] = {}  # config -> the Tune trial that runs it
+        self._outcomes: dict[tuple, tuple] = {}  # config -> (values, state, infeasible) told to Optuna
         self.rejected: list[dict[str, Any]] = []
 
     def suggest(self, trial_id: str) -> Optional[dict]:
+        duplicates = 0
         for _ in range(MAX_CONSECUTIVE_REJECTIONS):
             config = super().suggest(trial_id)
             values = config["train_loop_config"]
+            key = config_key(values)
+            if key in self._launched:
+                self._skip_duplicate(trial_id, key)
+                duplicates += 1
+                if duplicates % MAX_CONSECUTIVE_DUPLICATES == 0 and not self._enqueue_untried():
+                    log.info("every point of the space's grid was tried; stopping the search")
+                    return Searcher.FINISHED
+                continue
             started = time.perf_counter()
             fits, peak = self._predict(values)
             ot_trial = self._ot_trials[trial_id]
             ot_trial.set_user_attr("predicted_peak_mb", peak / 2 ** 20)
             if fits:
+                self._launched[key] = trial_id
                 ot_trial.set_user_attr("ray_trial_id", trial_id)
                 config["predicted_peak_mb"] = peak / 2 ** 20
                 return config
@@ -96,6 +138,33 @@ class FitAwareOptunaSearch(OptunaSearch):
                               "feasible": False, "optuna_trial": ot_trial.number, "reject_seconds": seconds})
         log.info("rejected without launching (predicted %.0f MiB): %s", peak / 2 ** 20, values)
 
+    def _skip_duplicate(self, trial_id: str, key: tuple) -> None:
+        ot_trial = self._ot_trials.pop(trial_id)
+        ot_trial.set_user_attr("status", "duplicate")
+        ot_trial.set_user_attr("duplicate_of", self._launched[key])
+        values, state, infeasible = self._outcomes.get(key, (None, optuna.trial.TrialState.PRUNED, None))
+        if infeasible is not None:
+            ot_trial.set_constraint(INFEASIBLE, infeasible)
+        self._ot_study.tell(ot_trial, values, state=state)
+        log.info("not launched again (already trial %s): %s", self._launched[key], dict(key))
+
+    def _enqueue_untried(self) -> bool:
+        if self._untried_grid is None:
+            grid = itertools.islice(self._space_spec.grid(), MAX_GRID_POINTS)
+            self._untried_grid = [config_key(v) for v in grid]
+            random.Random(self._space_spec.seed).shuffle(self._untried_grid)
+        while self._untried_grid:
+            key = self._untried_grid.pop()
+            if key not in self._launched:
+                self._ot_study.enqueue_trial({CONFIG_PREFIX + k: v for k, v in key}, skip_if_exists=True)
+                return True
+        return False
+
+    def _remember(self, trial_id: str, values, state, infeasible: Optional[float]) -> None:
+        for key, launched_as in self._launched.items():
+            if launched_as == trial_id:
+                self._outcomes[key] = (values, state, infeasible)
+
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -112,15 +181,17 @@ class FitAwareOptunaSearch(OptunaSearch):
         if not result.get("feasible", True) or result.get("status") in ("oom", "diverged"):
             ot_trial.set_user_attr(INFEASIBLE, 1.0)
             ot_trial.set_constraint(INFEASIBLE, 1.0)
-            self._tell(trial_id, [0.0, 0.0], optuna.trial.TrialState.COMPLETE)
+            self._tell(trial_id, [0.0, 0.0], optuna.trial.TrialState.COMPLETE, infeasible=1.0)
         elif result.get("training_iteration", 0) < self._max_epochs:
             self._tell(trial_id, None, optuna.trial.TrialState.PRUNED)  # stopped early by the scheduler
         else:
             ot_trial.set_user_attr(INFEASIBLE, 0.0)
             ot_trial.set_constraint(INFEASIBLE, 0.0)
-            self._tell(trial_id, [float(result[m]) for m in METRICS], optuna.trial.TrialState.COMPLETE)
+            self._tell(trial_id, [float(result[m]) for m in METRICS], optuna.trial.TrialState.COMPLETE,
+                       infeasible=0.0)
 
-    def _tell(self, trial_id: str, values, state) -> None:
+    def _tell(self, trial_id: str, values, state, infeasible: Optional[float] = None) -> None:
+        self._remember(trial_id, values, state, infeasible)
         try:
             self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
         except Exception as e:  # e.g. a NaN value: the study keeps going, the trial table shows it

@@ -4,7 +4,7 @@ A file looks like this (Optuna's own argument names under `params`):
 
     # python -m asl_ray.search --space search_spaces/rtx4070.yaml --data ~/asl-signs
     gpu: rtx4070
-    sampler: tpe            # tpe | nsga2
+    sampler: tpe            # tpe | nsga2 | grid (every combination of grid values, once)
     scheduler: asha         # asha | fifo
     budget: {trials: 60, epochs: 12, grace_period: 2, reduction_factor: 3}
     fixed: {num_workers: 4}
@@ -28,7 +28,7 @@ import yaml
 from asl_ray.config import FIELD_NAMES, ConfigError, TrainConfig, load_config_yaml
 
 PARAM_TYPES = ("int", "float", "categorical")
-SAMPLERS = ("tpe", "nsga2")
+SAMPLERS = ("tpe", "nsga2", "grid")
 SCHEDULERS = ("asha", "fifo")
 TOP_KEYS = ("gpu", "headroom_mb", "sampler", "scheduler", "seed", "budget", "fixed", "params", "baselines")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -118,10 +118,21 @@ class SearchSpace:
         return self.base_config().with_overrides(values, source=f"{self.path}: params")
 
     def grid(self) -> Iterator[dict[str, Any]]:
-        """Every combination of the parameters' grid values (for tables, not for the search)."""
+        """Every combination of the parameters' grid values (the VRAM table, and `sampler: grid`)."""
         names = [p.name for p in self.params]
         for combo in itertools.product(*(p.grid_values() for p in self.params)):
             yield dict(zip(names, combo))
+
+
+    def grid_size(self) -> int:
+        size = 1
+        for p in self.params:
+            size *= len(p.grid_values())
+        return size
+
+    def trials_to_run(self, requested: int) -> int:
+        """A grid runs each point once: more trials than points would only repeat them."""
+        return min(requested, self.grid_size()) if self.sampler == "grid" else requested
 
 
 def load_space(path: str | Path) -> SearchSpace:

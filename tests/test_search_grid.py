@@ -1,0 +1,72 @@
+"""`sampler: grid`: the exhaustive baseline visits every grid point once, through the same searcher."""
+from pathlib import Path
+
+import optuna
+import yaml
+
+from asl_ray.search.searcher import make_sampler, optuna_distributions
+from asl_ray.search.space import load_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _grid_space(tmp_path, trials):
+    raw = yaml.safe_load((REPO / "search_spaces" / "cpu-smoke.yaml").read_text())
+    raw.update(sampler="grid", scheduler="fifo")
+    raw["budget"]["trials"] = trials
+    raw.pop("baselines")
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_space(path)
+
+
+def test_grid_sampler_visits_every_point_once(tmp_path):
+    space = _grid_space(tmp_path, trials=100)
+    assert space.grid_size() == 4 * 3 * 2 * 2
+    assert space.trials_to_run(100) == 48 and space.trials_to_run(10) == 10
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler(space))
+    distributions = optuna_distributions(space)
+    seen = []
+    for _ in range(space.grid_size()):
+        trial = study.ask(fixed_distributions=distributions)
+        seen.append(tuple(sorted(trial.params.items())))
+        study.tell(trial, [0.0, 0.0])
+    assert len(set(seen)) == 48
+    expected = {tuple(sorted((f"train_loop_config/{k}", v) for k, v in p.items())) for p in space.grid()}
+    assert set(seen) == expected
+
+
+def test_other_samplers_are_not_capped_by_the_grid(tmp_path):
+    space = load_space(REPO / "search_spaces" / "cpu-smoke.yaml")
+    assert space.trials_to_run(500) == 500
+
+
+def _small_space(tmp_path, sampler="tpe"):
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump({
+        "sampler": sampler, "seed": 1, "budget": {"trials": 10, "epochs": 2},
+        "params": {"batch_size": {"type": "categorical", "choices": [8, 16]},
+                   "dim": {"type": "categorical", "choices": [32, 64]}}}))
+    return load_space(path)
+
+
+def test_a_config_is_never_launched_twice(tmp_path):
+    from ray.tune.search import Searcher
+    from asl_ray.search.searcher import FitAwareOptunaSearch
+    space = _small_space(tmp_path)
+    search = FitAwareOptunaSearch(space, lambda values: (True, 2 ** 20), storage=optuna.storages.InMemoryStorage(),
+                                  study_name="dedupe", max_epochs=2)
+    launched = []
+    for i in range(space.grid_size()):
+        config = search.suggest(f"t{i}")
+        assert config is not None and config is not Searcher.FINISHED, i
+        launched.append(config["train_loop_config"])
+        search.on_trial_complete(f"t{i}", {"val_acc": 0.1 * i, "samples_per_s": 10.0, "training_iteration": 2,
+                                           "feasible": True, "status": "ok"})
+    assert len({tuple(sorted(c.items())) for c in launched}) == 4  # every grid point once, no repeat
+    assert search.suggest("t-extra") is Searcher.FINISHED  # nothing new is left
+    study = search._ot_study
+    duplicates = [t for t in study.trials if t.user_attrs.get("status") == "duplicate"]
+    assert duplicates and all(t.state == optuna.trial.TrialState.COMPLETE for t in duplicates)
+    first = {t.user_attrs["ray_trial_id"]: t.values for t in study.trials if "ray_trial_id" in t.user_attrs}
+    assert all(t.values == first[t.user_attrs["duplicate_of"]] for t in duplicates)  # the first run's outcome
