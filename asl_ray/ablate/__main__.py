@@ -83,17 +83,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     variants = [VariantRuns(None)] + [VariantRuns(a, skipped=NEEDS_GPU if a.needs_cuda and not on_cuda else "")
                                       for a in chosen]
     _predict(variants, base, cache.num_classes)
-    _warm_compiled(variants, base, cache, device)
+    _warm_compiled(variants, base, cache, device, card.name)
     for r in range(args.repeats):
         for v in variants:  # interleaved: a drift in machine load hits every variant alike
             if v.skipped:
                 continue
             cfg = v.ablation.config(base) if v.ablation else base
-            try:
-                m = measure(cfg, cache, steps, device)
-            except torch.cuda.OutOfMemoryError as e:
-                v.skipped, v.runs = f"out of memory on {card.name}", []
-                print(f"repeat {r}: {v.name:<28} out of memory on {card.name}: {str(e).splitlines()[0][:120]}")
+            m = _measure_or_mark_oom(v, cfg, cache, steps, device, card.name, f"repeat {r}")
+            if m is None:
                 continue
             v.runs.append(m)
             mem = f"  peak {m.peak_reserved_mb:.0f} MiB" if m.peak_reserved_mb is not None else ""
@@ -150,7 +147,17 @@ def _predict(variants: list[VariantRuns], base: TrainConfig, num_classes: int) -
             print(f"VRAM estimate for {v.name} failed: {type(e).__name__}: {e}")
 
 
-def _warm_compiled(variants: list[VariantRuns], base: TrainConfig, cache, device) -> None:
+def _measure_or_mark_oom(v: VariantRuns, cfg: TrainConfig, cache, steps: int, device, card_name: str, label: str):
+    """A Measurement, or None after marking `v` out of memory (it is not run again)."""
+    try:
+        return measure(cfg, cache, steps, device)
+    except torch.cuda.OutOfMemoryError as e:
+        v.skipped, v.runs = f"out of memory on {card_name}", []
+        print(f"{label}: {v.name:<28} out of memory on {card_name}: {str(e).splitlines()[0][:120]}")
+        return None
+
+
+def _warm_compiled(variants: list[VariantRuns], base: TrainConfig, cache, device, card_name: str) -> None:
     """One unrecorded run of every compiled variant first: compiling (minutes on a small CPU) and the
     dynamic-shape recompile would otherwise land in repeat 0's measured steps. Later runs of the same
     model class reuse the compiled code."""
@@ -160,11 +167,8 @@ def _warm_compiled(variants: list[VariantRuns], base: TrainConfig, cache, device
             continue
         print(f"compiling {v.name} (not measured) ...", flush=True)
         started = time.perf_counter()
-        try:
-            measure(cfg, cache, 2, device)
-        except torch.cuda.OutOfMemoryError:
-            pass  # the measured repeats report it
-        print(f"compiled {v.name} in {time.perf_counter() - started:.0f} s", flush=True)
+        if _measure_or_mark_oom(v, cfg, cache, 2, device, card_name, "warm-up") is not None:
+            print(f"compiled {v.name} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def _efficiency(base, best_cfg, best_name, base_row, best_row, cache, device, device_name, args) -> dict:
