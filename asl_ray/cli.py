@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
@@ -73,7 +74,25 @@ def positive_int(text: str) -> int:
     return v
 
 
-__all__ = ["fail", "parse_overrides", "add_config_arguments", "config_from_args", "positive_int",
+def finite_float(text: str) -> float:
+    """argparse type: a real number; NaN and inf are refused (they would pass every range check)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+__all__ = ["fail", "finite_float", "non_negative_float", "parse_overrides", "add_config_arguments", "config_from_args", "positive_int",
            "ConfigError", "EXIT_BAD_INPUT"]
 
 

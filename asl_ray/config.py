@@ -15,7 +15,7 @@ import yaml
 
 PRECISIONS = ("fp16", "bf16", "fp32")
 OPTIMIZERS = ("radam", "adamw")
-PAD_MODES = ("batch_max", "max_len")
+PAD_MODES = ("batch_max", "ladder", "max_len")
 NUM_FEATURE_CHANNELS = 708  # 118 points x (x, y) x (position, dx, dx2)
 
 
@@ -47,7 +47,8 @@ class TrainConfig:
     max_len: int = 384
     """Longest sequence the model sees: longer ones are cropped (randomly in training)."""
     pad_to: str = "batch_max"
-    """'batch_max' pads a batch to its longest sequence; 'max_len' pads every batch to max_len."""
+    """'batch_max' pads a batch to its longest sequence; 'ladder' to the next rung of a fixed ladder of at
+    most 12 lengths (asl_ray/data/ladder.py: few shapes for cuDNN and compile); 'max_len' to max_len."""
     length_bucketing: bool = False
     """Group sequences of similar length into the same batch (less padding)."""
     num_folds: int = 5
@@ -140,6 +141,9 @@ class TrainConfig:
 
     def pad_length(self, longest_in_batch: int) -> int:
         """Time length a batch is padded to."""
+        if self.pad_to == "ladder":
+            from asl_ray.data.ladder import pad_to_ladder
+            return pad_to_ladder(longest_in_batch, self.max_len)
         return self.max_len if self.pad_to == "max_len" else min(longest_in_batch, self.max_len)
 
     # ---- validation --------------------------------------------------------------------------
