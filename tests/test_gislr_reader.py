@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from asl_ray.data.features import select_points, sequence_features
 from asl_ray.data.gislr import (
     LANDMARK_COLUMNS,
     LANDMARKS_PER_FRAME,
@@ -30,6 +31,9 @@ from asl_ray.data.synth import landmark_table, write_landmark_file
 
 REAL = Path(__file__).resolve().parents[2] / "shared/fixtures/gislr-real"
 REAL_FILE = REAL / "train_landmark_files/2044/635217.parquet"
+# 40 real sequences, one per sign, 15 participants (see its README).
+REAL_40 = Path(__file__).resolve().parents[2] / "shared/fixtures/gislr-real-40"
+REAL_40_ORIGINAL = "train_landmark_files/16069/10042041.parquet"  # "green", 105 frames, the original bytes
 
 LEFT_HAND = slice(468, 489)
 POSE = slice(489, 522)
@@ -39,6 +43,11 @@ RIGHT_HAND = slice(522, 543)
 def needs_real():
     if not REAL_FILE.is_file():
         pytest.skip(f"real fixtures not found at {REAL}")
+
+
+def needs_real_40():
+    if not (REAL_40 / "train.csv").is_file():
+        pytest.skip(f"real fixtures not found at {REAL_40}")
 
 
 def random_xyz(frames: int, seed: int = 0) -> np.ndarray:
@@ -93,6 +102,37 @@ def test_loads_the_real_data_root():
     assert root.table.iloc[0]["sign"] == "brother"
     assert root.row_problems().isna().all()
     assert read_landmarks(root.landmark_path(root.table.iloc[0]["path"])).shape[0] == 7
+
+
+def test_reads_all_40_real_sequences_with_finite_features():
+    needs_real_40()
+    needs_real()  # its train_with_meta.parquet is the reference
+    root = DataRoot.load(REAL_40)
+    table = root.table
+    assert len(table) == 40 and table["sign"].nunique() == 40 and table["participant_id"].nunique() == 15
+    assert root.num_classes == 250 and set(table["sign"]) <= set(root.label_map)
+    assert root.row_problems().isna().all()
+    frames, x_range = {}, {}
+    for rel in table["path"]:
+        xyz = read_landmarks(root.landmark_path(rel))
+        x_range[rel] = (np.nanmin(xyz[..., 0]), np.nanmax(xyz[..., 0]))
+        rows = pq.ParquetFile(REAL_40 / rel).metadata.num_rows
+        assert xyz.shape == (rows // LANDMARKS_PER_FRAME, 543, 3) and rows % LANDMARKS_PER_FRAME == 0, rel
+        assert not np.isnan(xyz[:, POSE]).all(), rel  # the pose is seen in every real sequence
+        points = select_points(xyz)
+        assert len(points) > 0, rel
+        features = sequence_features(points)
+        assert features.shape == (len(points), 708) and np.isfinite(features).all(), rel
+        frames[rel] = len(xyz)
+    # Frame counts as the competition's own metadata gives them, where it has the sequence. (Its README
+    # says "3 to 105 frames"; the files and this metadata agree on 6 to 105.)
+    meta = pq.read_table(REAL / "train_with_meta.parquet", columns=["path", "frames", "x_min", "x_max"]).to_pandas()
+    meta = meta[meta["path"].isin(list(frames)) & meta["frames"].notna()]
+    assert len(meta) == 32  # the sequences the metadata covers
+    for rel, n, x_min, x_max in meta.itertuples(index=False):
+        assert frames[rel] == n, rel
+        np.testing.assert_allclose(x_range[rel], (x_min, x_max), rtol=1e-6, err_msg=rel)
+    assert min(frames.values()) == 6 and max(frames.values()) == frames[REAL_40_ORIGINAL] == 105
 
 
 # ---------------------------------------------------------------- crafted good files
@@ -251,6 +291,45 @@ def test_row_problems_are_reported_not_raised(tmp_path):
     assert problems.tolist() == [None, "unknown_sign: 'foo'", "missing_file", "duplicate_sequence_id"]
     assert [problem_code(p) for p in problems] == [None, "unknown_sign", "missing_file", "duplicate_sequence_id"]
     assert find_row_problems(root.table, root.root, root.label_map).equals(problems)
+
+
+def test_paths_that_leave_the_root_are_refused_by_name(tmp_path):
+    # Each outside target would read fine (a valid parquet) or as "truncated" (a system-like text file):
+    # the reason outside_root says it was refused by its resolved name, not judged by its content.
+    outside = tmp_path / "outside"
+    write_landmark_file(outside / "valid.parquet", random_xyz(2), 5)
+    (outside / "passwd").parent.mkdir(exist_ok=True)
+    (outside / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    root = tmp_path / "root"
+    inside = write_landmark_file(root / "train_landmark_files/1/10.parquet", random_xyz(2), 5)
+    (root / "train_landmark_files/1/out.parquet").symlink_to(outside / "valid.parquet")
+    (root / "train_landmark_files/1/in.parquet").symlink_to(inside)  # a symlink that stays inside is fine
+    (root / "train_landmark_files/2").symlink_to(outside, target_is_directory=True)  # a directory out
+    rows = [
+        ("train_landmark_files/1/10.parquet", 1, 10, "apple"),
+        ("../outside/valid.parquet", 1, 11, "apple"),
+        (str(outside / "passwd"), 1, 12, "bird"),
+        ("train_landmark_files/1/out.parquet", 1, 13, "bird"),
+        ("train_landmark_files/../train_landmark_files/1/in.parquet", 1, 14, "bird"),
+        ("train_landmark_files/2/valid.parquet", 1, 15, "bird"),
+    ]
+    data = DataRoot.load(write_root(root, rows))
+    codes = [problem_code(p) for p in data.row_problems()]
+    assert codes == [None, "outside_root", "outside_root", "outside_root", None, "outside_root"]
+    assert str(outside / "valid.parquet") in data.row_problems()[3]  # names where the symlink leads
+    assert data.landmark_path(rows[4][0]) == inside.resolve()
+    err = expect_error("outside_root", "train.csv", data.landmark_path, rows[1][0])
+    assert "../outside/valid.parquet" in str(err)
+
+
+def test_a_symlink_loop_or_a_nul_byte_is_a_missing_file_not_a_crash(tmp_path):
+    root = tmp_path / "root"
+    (root / "train_landmark_files/1").mkdir(parents=True)
+    (root / "train_landmark_files/1/a.parquet").symlink_to(root / "train_landmark_files/1/b.parquet")
+    (root / "train_landmark_files/1/b.parquet").symlink_to(root / "train_landmark_files/1/a.parquet")
+    rows = [("train_landmark_files/1/a.parquet", 1, 10, "apple"), ("train_landmark_files/1/\0.parquet", 1, 11, "apple")]
+    data = DataRoot.load(write_root(root, rows))
+    assert [problem_code(p) for p in data.row_problems()] == ["missing_file", "missing_file"]
 
 
 def test_label_map_missing(tmp_path):

@@ -6,6 +6,11 @@ a parquet file. The cache directory's name is a key over the data's content (tra
 and each landmark file's path, size and mtime) and PREPROCESS_VERSION, so a changed root or a changed
 preprocessing rebuilds it. It is written under a temporary name and renamed when complete, so a build
 that was killed is never read.
+
+Builds are serialised by a file lock per key in the cache directory (``<key>.lock``, a real flock, released
+when its holder dies: by the kernel here, by the server's lock recovery for another NFS client): a second process waits,
+then opens the complete cache instead of building it again. A partial build is deleted only by a
+process holding its key's lock, so a build running anywhere else on shared storage is never touched.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from asl_ray.data.features import NUM_POINTS, select_points
 from asl_ray.data.gislr import DataError, DataRoot, problem_code, read_landmarks
@@ -29,6 +35,10 @@ from asl_ray.data.gislr import DataError, DataRoot, problem_code, read_landmarks
 PREPROCESS_VERSION = 1  # bump when select_points or the cache layout changes
 CACHE_DIRNAME = ".asl_ray_cache"
 _MANIFEST = "manifest.json"
+_BUILDING = ".building"  # <key>.building: the one partial build of a key, written under <key>.lock
+# How long a second process waits for another's build of the same cache: longer than building the full
+# 94k-sequence set takes on a slow shared disk.
+LOCK_TIMEOUT_S = 6 * 3600.0
 
 
 @dataclass
@@ -91,8 +101,10 @@ def cache_key(root: DataRoot) -> str:
     h.update(json.dumps(root.label_map, sort_keys=True).encode())
     for rel in root.table["path"].astype(str):
         try:
-            st = (root.root / rel).stat()
+            st = root.landmark_path(rel).stat()
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except DataError:  # refused by name (outside the root, unresolvable): never stat-ed
+            h.update(f"{rel}\0refused\n".encode())
         except OSError:
             h.update(f"{rel}\0missing\n".encode())
     return h.hexdigest()[:20]
@@ -107,44 +119,89 @@ def default_cache_parent(data_root: Path) -> Path:
 
 
 def load_or_build_cache(data_root: str | Path, cache_dir: Optional[str | Path] = None, workers: Optional[int] = None,
-                        strict: bool = False, progress: bool = True, log=print) -> SequenceCache:
-    """Open the cache for `data_root`, building it first if it is missing or stale."""
+                        strict: bool = False, progress: bool = True, log=print,
+                        lock_timeout_s: float = LOCK_TIMEOUT_S) -> SequenceCache:
+    """Open the cache for `data_root`, building it first if it is missing or stale.
+
+    Another process building the same cache is waited for (at most `lock_timeout_s`), then its cache is used.
+    """
     root = DataRoot.load(Path(data_root))
     parent = Path(cache_dir) if cache_dir else default_cache_parent(root.root)
     target = parent / cache_key(root)
     if (target / _MANIFEST).exists():
         return SequenceCache(target)
     parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(parent)
-    tmp = parent / f"{target.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        summary = _build(root, tmp, workers, strict, progress)
-        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _BuildLock(parent, target.name, lock_timeout_s, log):
+        # Whoever held the lock before us may have just finished this very cache.
+        if (target / _MANIFEST).exists():
+            return SequenceCache(target)
+        _remove_abandoned_builds(parent, target.name)
+        # No manifest: not a cache (only a complete build is renamed to this name), and the lock is ours.
+        shutil.rmtree(target, ignore_errors=True)
+        tmp = parent / f"{target.name}{_BUILDING}"
+        tmp.mkdir()
+        try:
+            summary = _build(root, tmp, workers, strict, progress)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     log(f"cache: {summary.line()} -> {target}")
     return SequenceCache(target)
 
 
-def _remove_stale_builds(parent: Path) -> None:
-    """Builds left by a killed process (their pid no longer runs) are deleted, never read."""
-    for d in parent.glob("*.building-*"):
-        pid = d.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
+def _lock_path(parent: Path, key: str) -> Path:
+    return parent / f"{key}.lock"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class _BuildLock:
+    """The key's build lock: taken at once if free, else after saying who we wait for; a clear error on timeout."""
+
+    def __init__(self, parent: Path, key: str, timeout_s: float, log):
+        self.path = _lock_path(parent, key)
+        self.lock = FileLock(self.path)
+        self.timeout_s = timeout_s
+        self.log = log
+
+    def __enter__(self):
+        try:
+            self.lock.acquire(timeout=0)
+            return self
+        except Timeout:
+            pass
+        self.log(f"cache: waiting for another process building {self.path.with_suffix('')} (lock {self.path})")
+        try:
+            self.lock.acquire(timeout=self.timeout_s)
+        except Timeout:
+            raise DataError(self.path, "cache_locked",
+                            f"another process has been building this cache for over {self.timeout_s:g} s; "
+                            "wait for it to finish, or give --cache-dir another folder") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def _remove_abandoned_builds(parent: Path, own_key: str) -> None:
+    """Delete partial builds nobody is writing: ours (we hold its lock) and any other key's whose lock is free.
+
+    A free lock proves its builder is gone (the kernel drops a dead holder's flock); a PID cannot, as
+    the builder may run on another host of the shared storage. Older ``<key>.building-<pid>`` names too.
+    """
+    for partial in parent.glob(f"*{_BUILDING}*"):
+        key = partial.name.split(_BUILDING, 1)[0]
+        if key == own_key:
+            shutil.rmtree(partial, ignore_errors=True)
+            continue
+        other = FileLock(_lock_path(parent, key))
+        try:
+            other.acquire(timeout=0)
+        except Timeout:
+            continue  # being built right now, here or elsewhere
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+        finally:
+            other.release()
 
 
 def _load_points(path: str) -> tuple[Optional[np.ndarray], Optional[DataError]]:
@@ -177,11 +234,13 @@ def _build(root: DataRoot, out: Path, workers: Optional[int], strict: bool, prog
             keep_rows.append(i)
             continue
         if strict:
+            # +2: the header line, 1-based lines (as read_train_csv counts them).
             raise DataError(root.root / "train.csv", problem_code(problem),
-                            f"row {i} ({table['path'].iloc[i]}): {problem}")
+                            f"line {i + 2} ({table['path'].iloc[i]}): {problem}")
         skipped[problem_code(problem)] += 1
 
-    paths = [str(root.root / table["path"].iloc[i]) for i in keep_rows]
+    # The resolved paths that were checked to lie inside the root, not the names in train.csv.
+    paths = [str(root.landmark_path(table["path"].iloc[i])) for i in keep_rows]
     workers = workers or min(8, os.cpu_count() or 1)
     offsets, labels, participants, sequence_ids = [0], [], [], []
     bar = _progress(len(paths), progress)

@@ -8,12 +8,16 @@ Layout::
 
 Whole-file problems raise :class:`DataError`; per-row problems of ``train.csv``
 are reported by :func:`find_row_problems` so a cache builder can skip and count them.
+A ``path`` that resolves outside the data root (``..``, an absolute path, a symlink out) is one of
+those problems, found before anything opens it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -151,23 +155,65 @@ def _integer_column(path: Path, raw: pd.DataFrame, column: str) -> pd.Series:
 def find_row_problems(df: pd.DataFrame, root: str | Path, label_map: dict[str, int]) -> pd.Series:
     """Per-row problem of a train.csv table: None, or a reason string whose code is the part before ':'.
 
-    Reasons: ``"duplicate_sequence_id"`` (every occurrence after the first), ``"unknown_sign: 'foo'"``,
+    Reasons: ``"outside_root: ..."`` (the path resolves outside the data root; it is never opened),
+    ``"duplicate_sequence_id"`` (every occurrence after the first), ``"unknown_sign: 'foo'"``,
     ``"missing_file"``. Only the first problem of a row is given.
     """
-    root = Path(root)
+    resolver = RowPathResolver(root)
     duplicate = df["sequence_id"].duplicated(keep="first").to_numpy()
     known = df["sign"].isin(label_map.keys()).to_numpy()
     problems: list[str | None] = []
     for is_duplicate, is_known, sign, path in zip(duplicate, known, df["sign"], df["path"]):
-        if is_duplicate:
+        real, refused = resolver.resolve(path)
+        if real is None:
+            problems.append(refused)
+        elif is_duplicate:
             problems.append("duplicate_sequence_id")
         elif not is_known:
             problems.append(f"unknown_sign: {sign!r}")
-        elif not (root / path).is_file():
+        elif not real.is_file():
             problems.append("missing_file")
         else:
             problems.append(None)
     return pd.Series(problems, index=df.index, dtype=object)
+
+
+class RowPathResolver:
+    """Resolves train.csv paths against the real data root, by name only (lstat/readlink, never open).
+
+    A ``path`` whose real location (``..``, an absolute path and symlinks all followed) is not inside the
+    real root is refused, so a system file, a FIFO or a device elsewhere is never read, never blocks the
+    reader and is never counted as a damaged landmark file. Each directory is resolved once and a file
+    costs one lstat, on strings (Path.resolve per row is about 3x slower over 94k rows).
+    """
+
+    def __init__(self, root: str | Path):
+        self.real_root = Path(root).resolve()
+        self._root = str(self.real_root)
+        self._inside_prefix = os.path.join(self._root, "")
+        self._real_dirs: dict[str, str] = {}
+
+    def resolve(self, relative: str) -> tuple[Path | None, str | None]:
+        """(real path, None), or (None, the problem: ``outside_root: ...`` or ``missing_file: ...``)."""
+        if "\0" in relative:
+            return None, f"missing_file: {relative!r} holds a NUL byte, which no file name can"
+        path = os.path.join(self._root, relative)  # an absolute `relative` replaces the root
+        try:
+            folder, name = os.path.split(path)
+            if name in ("", ".", ".."):
+                real = os.path.realpath(path)
+            else:
+                real_folder = self._real_dirs.get(folder)
+                if real_folder is None:
+                    real_folder = self._real_dirs[folder] = os.path.realpath(folder)
+                real = os.path.join(real_folder, name)
+                if os.path.islink(real):
+                    real = os.path.realpath(real)
+        except OSError as err:  # realpath is not strict: even a symlink loop comes back as a (non-)file
+            return None, f"missing_file: cannot resolve {relative!r} ({err})"
+        if real != self._root and not real.startswith(self._inside_prefix):
+            return None, f"outside_root: {relative!r} resolves to {real!r}, outside the data root {self._root!r}"
+        return Path(real), None
 
 
 def problem_code(problem: str | None) -> str | None:
@@ -197,8 +243,17 @@ class DataRoot:
     def row_problems(self) -> pd.Series:
         return find_row_problems(self.table, self.root, self.label_map)
 
+    @cached_property
+    def path_resolver(self) -> RowPathResolver:
+        """Resolves this root's train.csv paths, each directory once for all rows."""
+        return RowPathResolver(self.root)
+
     def landmark_path(self, relative: str) -> Path:
-        return self.root / relative
+        """The real path of a train.csv ``path``; DataError if it resolves outside the data root."""
+        real, refused = self.path_resolver.resolve(relative)
+        if real is None:
+            raise DataError(self.root / TRAIN_CSV, problem_code(refused), refused.split(": ", 1)[1])
+        return real
 
 
 # ---------------------------------------------------------------- landmark parquet
