@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -68,13 +70,34 @@ def run_arm(space: Path, storage: Path, name: str, data: Optional[str], reuse: b
     if (storage / name / "tune").exists():
         cmd = [sys.executable, "-m", "asl_ray.search", "--storage-path", str(storage), "--name", name, "--resume"]
     print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # one local Ray at a time
     started = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
+    run_own_session(cmd)
     wall = time.perf_counter() - started
     (storage / name / WALL_FILE).write_text(json.dumps({"wall_seconds": wall}))
     print(f"[{name}] finished in {wall:.0f} s", flush=True)
     return pd.read_parquet(trials_file), wall
+
+
+def run_own_session(cmd: list[str]) -> None:
+    """Run one arm in a process group of its own; afterwards stop what is left of it (and only that).
+
+    Each arm's search starts its own local Ray, whose processes die with it (Ray's fate sharing) and stay in
+    its process group: cleaning up that group never touches another Ray on this machine (`ray stop` would)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
+    try:
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:  # the terminal's Ctrl-C no longer reaches the arm: pass it on, let it save
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            raise
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # nothing of the arm left
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, cmd)
 
 
 def arm_wall_seconds(arm: Path) -> float:

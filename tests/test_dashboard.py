@@ -1,18 +1,55 @@
-"""--dashboard: the URL, where the token is, and loopback unless asked otherwise (no token printed)."""
+"""--dashboard: the URL, where the token is, loopback unless asked otherwise (no token printed), and the
+dashboard port: a port number, free, or a free one taken when the default is busy."""
+import socket
+
+import pytest
+
 from asl_ray.search.__main__ import build_parser
-from asl_ray.search.session import dashboard_help
+from asl_ray.search.dashboard import dashboard_help
+from asl_ray.search.ray_cluster import DEFAULT_DASHBOARD_PORT, api_server_url, choose_dashboard_port, port_is_free
 
 
 def test_dashboard_defaults_to_loopback():
     args = build_parser().parse_args([])
-    assert args.dashboard_host == "127.0.0.1" and args.dashboard_port == 8265
+    assert args.dashboard_host == "127.0.0.1" and args.dashboard_port is None  # None: 8265, or a free one
 
 
 def test_login_instructions_name_the_token_source_never_the_token(monkeypatch):
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    text = dashboard_help("127.0.0.1:8265")
-    assert text.startswith("Ray dashboard: http://127.0.0.1:8265")
+    text = dashboard_help("http://127.0.0.1:8265")
+    assert text.startswith("Ray dashboard: http://127.0.0.1:8265\n")
     assert "ray get-auth-token" in text and "auth_token" in text
     monkeypatch.setenv("RAY_AUTH_TOKEN", "s3cret-value")
-    text = dashboard_help("127.0.0.1:8265")
+    text = dashboard_help("http://127.0.0.1:8265")
     assert "$RAY_AUTH_TOKEN" in text and "s3cret-value" not in text
+
+
+def test_tunnel_hint_uses_the_dashboards_own_port():
+    assert "ssh -L 40123:127.0.0.1:40123" in dashboard_help("http://127.0.0.1:40123")
+
+
+def test_a_busy_default_port_gives_a_free_one_and_says_so(capsys):
+    holder = socket.socket()
+    try:
+        try:
+            holder.bind(("127.0.0.1", DEFAULT_DASHBOARD_PORT))
+        except OSError:
+            pass  # another Ray's dashboard has it already: busy either way
+        port = choose_dashboard_port("127.0.0.1", None)
+        assert port != DEFAULT_DASHBOARD_PORT and port_is_free("127.0.0.1", port)
+        assert f"uses {port}" in capsys.readouterr().out
+    finally:
+        holder.close()
+
+
+def test_a_free_requested_port_is_kept():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert choose_dashboard_port("127.0.0.1", port) == port
+
+
+@pytest.mark.parametrize("host,url", [("127.0.0.1", "http://127.0.0.1:9"), ("0.0.0.0", "http://127.0.0.1:9"),
+                                      ("10.1.2.3", "http://10.1.2.3:9"), ("::1", "http://[::1]:9")])
+def test_the_state_api_address_reaches_the_dashboard_from_this_machine(host, url):
+    assert api_server_url(host, 9) == url

@@ -73,9 +73,24 @@ def test_bad_data_root(space, tmp_path, capsys):
     (["--dashboard-port", "x"], "--dashboard-port"),
     (["--headroom-mb", "-1"], "--headroom-mb"),
     (["--margin", "x"], "--margin"),
+    (["--dashboard-port", "0"], "--dashboard-port"),
+    (["--dashboard-port", "70000"], "--dashboard-port"),
+    (["--dashboard-host", "203.0.113.7"], "--dashboard-host"),  # not an address of this machine
+    *[([flag, value], flag) for flag in ("--margin", "--headroom-mb", "--cpus-per-trial")
+      for value in ("nan", "inf", "-inf")],  # NaN passes every range check; inf too, for some
 ])
 def test_bad_flags(space, capsys, args, needle):
     assert needle in _run(capsys, "--space", str(space), *args)
+
+
+def test_dashboard_port_in_use(space, synth_root, tmp_path, capsys):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        err = _run(capsys, "--space", str(space), "--data", str(synth_root), "--storage-path", str(tmp_path),
+                   "--dashboard-port", str(port))
+    assert f"--dashboard-port {port}" in err and "in use" in err
 
 
 def test_resume_needs_a_name(space, tmp_path, capsys):

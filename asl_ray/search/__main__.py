@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from asl_ray.cli import DEFAULT_DATA, OneLineParser, fail, open_data_or_fail, positive_int
+from asl_ray.cli import (DEFAULT_DATA, OneLineParser, fail, finite_float, non_negative_float, open_data_or_fail,
+                         positive_int)
+from asl_ray.search.ray_cluster import DEFAULT_DASHBOARD_PORT, choose_dashboard_port, port_number
 from asl_ray.search.report import SELECT_RULES, Selection
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="search-space YAML (search_spaces/*.yaml)")
     p.add_argument("--data", default=None, help=f"GISLR data root (default {DEFAULT_DATA}, synthesised if missing)")
     p.add_argument("--gpu", default=None, help="target card: rtx4070, a size in GiB, or auto (default: the space's)")
-    p.add_argument("--headroom-mb", type=float, default=None, help="memory left for the desktop/other processes")
+    p.add_argument("--headroom-mb", type=non_negative_float, default=None,
+                   help="memory left for the desktop/other processes")
     p.add_argument("--trials", type=positive_int, default=None, help="trials to launch (default: the space's budget)")
     p.add_argument("--name", default=None,
                    help="experiment name: results in <storage-path>/<name>/ (default: <space>-<date-time>)")
@@ -32,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish an interrupted experiment of this --name")
     p.add_argument("--select", choices=SELECT_RULES, default="fastest-within-margin",
                    help="how the best config is chosen (default: fastest within --margin accuracy of the best)")
-    p.add_argument("--margin", type=float, default=0.01, help="accuracy margin for fastest-within-margin")
+    p.add_argument("--margin", type=finite_float, default=0.01, help="accuracy margin for fastest-within-margin")
     p.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
                    help="cap each GPU trial's memory to the target card (default on)")
     p.add_argument("--cache-dir", default=None, help="where the preprocessed data cache lives")
@@ -40,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs for a local Ray (default: all)")
     p.add_argument("--concurrency", type=positive_int, default=None,
                    help="trials at once (default: one per GPU in the cluster, 1 without GPUs)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved for each trial's Train worker")
+    p.add_argument("--cpus-per-trial", type=finite_float, default=1.0,
+                   help="CPUs reserved for each trial's Train worker")
     p.add_argument("--max-failures", type=int, default=2,
                    help="worker crashes a trial survives, restarting from its last checkpoint (default 2)")
     p.add_argument("--dashboard", action="store_true", help="print the Ray dashboard's URL and how to log in")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default loopback only)")
-    p.add_argument("--dashboard-port", type=positive_int, default=8265)
+    p.add_argument("--dashboard-port", type=port_number, default=None,
+                   help=f"local dashboard port (default {DEFAULT_DASHBOARD_PORT}, or a free one if that is taken)")
     return p
 
 
@@ -100,6 +105,9 @@ def _plan(args: argparse.Namespace):
         fail(f"--max-failures: must be >= 0, got {args.max_failures}")
     if not 0 < args.cpus_per_trial <= 256:
         fail(f"--cpus-per-trial: must be > 0, got {args.cpus_per_trial}")
+    # A local Ray's dashboard port is checked here, before Ray starts; an --address cluster has its own.
+    dashboard_port = (args.dashboard_port or DEFAULT_DASHBOARD_PORT if args.address
+                      else choose_dashboard_port(args.dashboard_host, args.dashboard_port))
     try:
         space = load_space(args.space)
         headroom = args.headroom_mb if args.headroom_mb is not None else space.headroom_mb
@@ -125,7 +133,7 @@ def _plan(args: argparse.Namespace):
     return SearchPlan(space=space, card=card, root=root, cache=cache, data=data, trials=trials,
                       resume=args.resume, selection=Selection(args.select, args.margin), emulate=args.emulate,
                       address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
-                      dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port,
+                      dashboard_host=args.dashboard_host, dashboard_port=dashboard_port,
                       concurrency=args.concurrency or 0, cpus_per_trial=args.cpus_per_trial,
                       max_failures=args.max_failures)
 

@@ -10,6 +10,7 @@ import pandas as pd
 
 from asl_ray.data.cache import SequenceCache
 from asl_ray.search import report
+from asl_ray.search.ray_cluster import start_ray
 from asl_ray.search.space import SearchSpace
 from asl_ray.vram.cards import Card
 
@@ -36,26 +37,6 @@ class SearchPlan:
     concurrency: int = 0
     cpus_per_trial: float = 1.0
     max_failures: int = 2
-
-
-def start_ray(plan: SearchPlan) -> None:
-    import ray
-    if ray.is_initialized():
-        return
-    if plan.address:
-        ray.init(address=plan.address, configure_logging=False)
-        return
-    # The dashboard process always runs (Train's placement-group cleanup queries its state API);
-    # it binds to loopback unless --dashboard-host says otherwise.
-    ray.init(num_cpus=plan.num_cpus, include_dashboard=True, dashboard_host=plan.dashboard_host,
-             dashboard_port=plan.dashboard_port, configure_logging=False)
-    if plan.dashboard:
-        print(dashboard_help(ray.get_runtime_context().dashboard_url or f"{plan.dashboard_host}:{plan.dashboard_port}"))
-
-
-def dashboard_help(url: str) -> str:
-    from asl_ray.search.dashboard import login_instructions
-    return f"Ray dashboard: http://{url}\n{login_instructions()}"
 
 
 def run_search(plan: SearchPlan) -> int:
@@ -92,32 +73,36 @@ def write_results(df: pd.DataFrame, plan: SearchPlan) -> None:
     df.to_parquet(root / "trials.parquet", index=False)
     df.to_csv(root / "trials.csv", index=False)
     usable_mb = plan.card.usable_bytes / MiB
-    report.plot_pareto(df, root / "pareto.png", usable_mb, f"{plan.root.name} on {plan.card.name}")
+    params = plan.space.param_names()  # the space's own keys, whatever they are
+    report.plot_pareto(df, root / "pareto.png", usable_mb, f"{plan.root.name} on {plan.card.name}", params)
     best = report.select_best(df, plan.selection)
     reference = _reference_row(df, plan.space)
-    columns = ["trial_id", "status", *report.PARAM_COLUMNS, "val_acc", "samples_per_s", "peak_memory_mb",
-               "predicted_peak_mb"]
+    configured = params + [k for k in ("precision",) if k not in params]
+    columns = ["trial_id", "status", *configured, "precision_run", "val_acc", "samples_per_s", *report.MEMORY_COLUMNS]
     front = df[df["on_pareto_front"]].sort_values("samples_per_s", ascending=False)
     lines = [f"# Search {root.name}: target {plan.card.describe()}", "",
              f"Space `{plan.space.path}`; {len(df)} configs: " +
              ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) + ".", "",
              "## Pareto front (validation accuracy vs samples/s; finished, feasible trials)", "",
-             "```", report.table_text(front, columns), "```", ""]
+             "```", report.table_text(front, columns), "```", "",
+             f"precision: configured; precision_run: what ran. {report.MEMORY_LEGEND}", ""]
     if best is not None:
-        cfg = report.write_best_config(best, plan.space.base_config(), root / "best_config.yaml", str(plan.data))
+        cfg = report.write_best_config(best, plan.space.base_config(), root / "best_config.yaml", str(plan.data),
+                                       params)
         lines += [f"## Chosen: trial {best['trial_id']} ({plan.selection.describe()})", "",
                   f"batch {cfg.batch_size} x accumulation {cfg.gradient_accumulation_steps} (effective "
                   f"{cfg.effective_batch_size()}), dim {cfg.dim}, depth {cfg.depth}, max_len {cfg.max_len}, "
-                  f"{cfg.precision}, lr_per_64 {cfg.lr_per_64:.3g}: val_acc {best['val_acc']:.4f}, "
-                  f"{best['samples_per_s']:.1f} samples/s, peak {best['peak_memory_mb']:.0f} MiB "
-                  f"(predicted {best['predicted_peak_mb']:.0f}).", "",
+                  f"precision {cfg.precision} (ran {best['precision_run'] or 'unknown'}), lr_per_64 "
+                  f"{cfg.lr_per_64:.3g}: val_acc {best['val_acc']:.4f}, {best['samples_per_s']:.1f} samples/s; "
+                  f"{report.memory_text(best)}.", "",
                   report.comparison_text(best, reference), "",
                   f"Train it: `python -m asl_ray.train --data {plan.data} --config {root / 'best_config.yaml'}`"]
     else:
         lines += ["No trial finished feasibly: no best config written."]
     infeasible = df[~df["feasible"].astype(bool)]
     lines += ["", "## Infeasible (never launched, or out of memory)", "", "```",
-              report.table_text(infeasible, ["trial_id", "status", *report.PARAM_COLUMNS, "predicted_peak_mb"]), "```",
+              report.table_text(infeasible, ["trial_id", "status", *configured, "predicted_reserved_mb",
+                                             "predicted_total_mb"]), "```",
               "", "Files: trials.parquet, trials.csv, optuna.db (optuna-dashboard sqlite:///" +
               f"{(root / 'optuna.db').resolve()}), pareto.png, best_config.yaml, tune/ (Tune), train/ (per-trial runs)."]
     text = "\n".join(lines) + "\n"
