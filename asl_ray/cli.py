@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
 import yaml
 
-from asl_ray.config import ConfigError, TrainConfig
+from asl_ray.config import ConfigError, TrainConfig, field_docs, field_sections
 
 EXIT_BAD_INPUT = 2
 DEFAULT_DATA = Path("data/synth")
@@ -47,11 +49,34 @@ def _number_or_yaml(text: str) -> Any:
         return yaml.safe_load(text)
 
 
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML of TrainConfig keys applied over the defaults (configs/*.yaml)")
+def add_config_arguments(p: argparse.ArgumentParser, *, epochs_shorthand: bool = True,
+                         config_help: str = "YAML of TrainConfig keys applied over the defaults (configs/*.yaml)"
+                         ) -> None:
+    """--config, --set (and --epochs), with every TrainConfig key listed at the end of --help."""
+    p.add_argument("--config", help=config_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one TrainConfig key (repeatable), e.g. --set batch_size=8")
-    p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
+                   help="override one TrainConfig key (repeatable), e.g. --set batch_size=8; the keys are listed "
+                        "below")
+    if epochs_shorthand:
+        p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
+    # Raw, so the key list keeps its layout; the descriptions of our parsers are one line anyway.
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "\n\n".join(text for text in (p.epilog, config_keys_help()) if text)
+
+
+def config_keys_help(width: int = 100) -> str:
+    """Every TrainConfig key with its type, default and docstring, by section: the --set reference."""
+    defaults = TrainConfig()
+    docs = field_docs()
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    out = ["TrainConfig keys (--set KEY=VALUE, or KEY: VALUE in a --config YAML; floats must be finite):"]
+    for section, names in field_sections().items():
+        out.append(f"\n{section}:")
+        for name in names:
+            out.append(f"  {name} ({types[name]}, default {getattr(defaults, name)!r})")
+            out.append(textwrap.fill(docs[name], width, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                     break_long_words=False, break_on_hyphens=False))
+    return "\n".join(out)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -59,7 +84,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from asl_ray.config import load_config_yaml
     cfg = load_config_yaml(args.config) if args.config else TrainConfig()
     overrides = parse_overrides(args.overrides)
-    if args.epochs is not None:
+    if getattr(args, "epochs", None) is not None:
         overrides["epochs"] = args.epochs
     return cfg.with_overrides(overrides, source="--set") if overrides else cfg
 
@@ -92,8 +117,8 @@ def non_negative_float(text: str) -> float:
     return v
 
 
-__all__ = ["fail", "finite_float", "non_negative_float", "parse_overrides", "add_config_arguments", "config_from_args", "positive_int",
-           "ConfigError", "EXIT_BAD_INPUT"]
+__all__ = ["fail", "finite_float", "non_negative_float", "parse_overrides", "add_config_arguments", "config_from_args",
+           "config_keys_help", "positive_int", "ConfigError", "EXIT_BAD_INPUT"]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -6,7 +6,12 @@ re-reads YAML or looks keys up with defaults.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -16,6 +21,7 @@ import yaml
 PRECISIONS = ("fp16", "bf16", "fp32")
 OPTIMIZERS = ("radam", "adamw")
 PAD_MODES = ("batch_max", "ladder", "max_len")
+COMPILE_MODES = ("default", "reduce-overhead")
 NUM_FEATURE_CHANNELS = 708  # 118 points x (x, y) x (position, dx, dx2)
 
 
@@ -100,7 +106,12 @@ class TrainConfig:
     precision: str = "fp16"
     """'fp16' (autocast + GradScaler), 'bf16' (autocast, no scaler) or 'fp32'. CUDA only; CPU runs fp32."""
     compile: bool = False
-    """torch.compile the model; falls back to eager with a warning if compilation fails."""
+    """torch.compile the model (one graph, no break); falls back to eager with a warning if compilation fails
+    (never on an out-of-memory error). Under pad_to 'ladder' or 'max_len' the time length is static: at most one
+    compilation per rung (and mode train/eval); under 'batch_max' shapes are dynamic."""
+    compile_mode: str = "default"
+    """torch.compile mode when `compile` is on: 'default' or 'reduce-overhead' (CUDA graphs, one per captured
+    shape: best with pad_to 'ladder'). CUDA only: a CPU runs 'default', and the result records the mode run."""
     cudnn_benchmark: bool = True
     """torch.backends.cudnn.benchmark."""
     num_workers: int = 4
@@ -113,6 +124,15 @@ class TrainConfig:
     """Micro-batches at the start of each epoch left out of the throughput figures."""
     max_steps_per_epoch: int = 0
     """Stop an epoch after this many micro-batches (benchmarks, smoke runs); 0 runs the full epoch."""
+    foreach_optimizer: bool = False
+    """Multi-tensor optimizer path on every device: RAdam `foreach=True` (AdamW `fused=True`), Lookahead's
+    slow-weight update as two `torch._foreach_*` ops, clipping's norm with `foreach=True`. Off leaves torch's
+    defaults (foreach on CUDA only). Same update up to float rounding (tests/test_eager_launches.py)."""
+    features_on_device: bool = False
+    """Send only the 236 position channels to the device and compute dx/dx2 there (a third of the
+    host-to-device bytes); the same features as the host path, bit for bit (asl_ray/data/features.py)."""
+    persistent_workers: bool = False
+    """Keep DataLoader workers alive across epochs (no re-spawn per epoch); nothing to keep with num_workers 0."""
 
     # ---- fault injection (tests) -------------------------------------------------------------
     inject_oom_at_step: int = 0
@@ -158,18 +178,23 @@ class TrainConfig:
                 p.append(f"{f.name}: expected {expected.__name__}, got {type(v).__name__} {v!r}")
         if p:
             return p  # range checks below assume the types are right
+        # NaN fails no comparison, so it would pass every range check below (and `gradient_clip_val > 0`
+        # would silently switch clipping off): every float field, present or future, must be finite.
+        not_finite = {name for name, t in _FIELD_TYPES.items()
+                      if t is float and not math.isfinite(getattr(self, name))}
+        p.extend(f"{name}: must be a finite number, got {getattr(self, name)!r}" for name in sorted(not_finite))
 
         def positive(name: str) -> None:
-            if getattr(self, name) <= 0:
+            if name not in not_finite and getattr(self, name) <= 0:
                 p.append(f"{name}: must be > 0, got {getattr(self, name)!r}")
 
         def non_negative(name: str) -> None:
-            if getattr(self, name) < 0:
+            if name not in not_finite and getattr(self, name) < 0:
                 p.append(f"{name}: must be >= 0, got {getattr(self, name)!r}")
 
         def fraction(name: str) -> None:
             v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
+            if name not in not_finite and not 0.0 <= v < 1.0:
                 p.append(f"{name}: must be in [0, 1), got {v!r}")
 
         for name in ("dim", "depth", "num_heads", "kernel_size", "max_len", "epochs", "batch_size",
@@ -194,7 +219,10 @@ class TrainConfig:
             p.append(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.pad_to not in PAD_MODES:
             p.append(f"pad_to: must be one of {', '.join(PAD_MODES)}, got {self.pad_to!r}")
-        if self.learning_rate() > 0 and self.min_lr >= self.learning_rate():
+        if self.compile_mode not in COMPILE_MODES:
+            p.append(f"compile_mode: must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        lr_is_finite = not not_finite & {"lr_per_64", "min_lr"}
+        if lr_is_finite and self.learning_rate() > 0 and self.min_lr >= self.learning_rate():
             p.append(f"min_lr: {self.min_lr} must be below the peak learning rate {self.learning_rate():.3g}")
         return p
 
@@ -225,6 +253,39 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 _FIELD_TYPES = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
                 for f in fields(TrainConfig)}
+_SECTION_COMMENT = re.compile(r"^\s*# -+ (.+?) -+\s*$")
+
+
+@functools.lru_cache(maxsize=1)
+def _documented_fields() -> tuple[tuple[str, str, str], ...]:
+    """(section, field name, docstring on one line) in declaration order, read from TrainConfig's source:
+    a string literal after a field is not kept at runtime, and the section titles are comments."""
+    lines, _ = inspect.getsourcelines(TrainConfig)
+    sections = [(i, m.group(1)) for i, line in enumerate(lines, start=1) if (m := _SECTION_COMMENT.match(line))]
+    body = ast.parse("".join(lines)).body[0].body
+    out = []
+    for node, after in zip(body, body[1:] + [None]):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and node.target.id in _FIELD_TYPES):  # a ClassVar is no field
+            continue
+        doc = (after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+               and isinstance(after.value.value, str) else "")
+        section = next((title for line, title in reversed(sections) if line < node.lineno), "")
+        out.append((section, node.target.id, " ".join(doc.split())))
+    return tuple(out)
+
+
+def field_docs() -> dict[str, str]:
+    """{field name: its docstring, on one line} for every TrainConfig field (what `--help` lists)."""
+    return {name: doc for _, name, doc in _documented_fields()}
+
+
+def field_sections() -> dict[str, list[str]]:
+    """{section title ('model', 'data', ...): its field names}, both in declaration order."""
+    out: dict[str, list[str]] = {}
+    for section, name, _ in _documented_fields():
+        out.setdefault(section, []).append(name)
+    return out
 
 
 def load_config_yaml(path: str | Path, base: Optional[TrainConfig] = None) -> TrainConfig:

@@ -84,3 +84,54 @@ def test_existing_out_without_resume(synth_root, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
     assert "--out" in _run(capsys, "--data", str(synth_root), "--out", str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "lr_per_64=nan"], "lr_per_64"),
+    (["--set", "warmup_epochs=inf"], "warmup_epochs"),
+    (["--set", "min_lr=-inf"], "min_lr"),
+    (["--set", "gradient_clip_val=nan"], "gradient_clip_val"),  # would switch clipping off silently
+    (["--set", "label_smoothing=.nan"], "label_smoothing"),  # YAML spelling
+    (["--set", "weight_decay_ratio=-.inf"], "weight_decay_ratio"),
+    (["--set", "drop_path=1e999"], "drop_path"),  # overflows to inf
+    (["--emulate-gpu", "rtx4070", "--headroom-mb", "nan"], "--headroom-mb"),
+    (["--emulate-gpu", "rtx4070", "--headroom-mb", "inf"], "--headroom-mb"),
+    (["--headroom-mb=-inf"], "--headroom-mb"),  # `--headroom-mb -inf` argparse reads as an unknown flag
+])
+def test_non_finite_flags(synth_root, capsys, args, needle):
+    err = _run(capsys, "--data", str(synth_root), *args)
+    assert needle in err and "finite" in err, err
+
+
+def test_non_finite_in_config_yaml(synth_root, tmp_path, capsys):
+    (tmp_path / "preset.yaml").write_text("batch_size: 8\nwarmup_epochs: .inf\n")
+    err = _run(capsys, "--data", str(synth_root), "--config", str(tmp_path / "preset.yaml"))
+    assert "preset.yaml" in err and "warmup_epochs: must be a finite number" in err, err
+
+
+def test_help_lists_every_config_key_with_its_doc():
+    # As a user runs it: a subprocess, the module's own --help.
+    import subprocess
+    import sys
+
+    from asl_ray.config import FIELD_NAMES, TrainConfig, field_docs
+    from conftest import REPO
+    out = subprocess.run([sys.executable, "-m", "asl_ray.train", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    flat = " ".join(out.split())
+    for name, doc in field_docs().items():
+        assert f" {name} ({type(getattr(TrainConfig(), name)).__name__}, default " in flat, name
+        assert doc and " ".join(doc.split()) in flat, name
+    assert len(field_docs()) == len(FIELD_NAMES)
+    for section in ("model:", "data:", "optimisation:", "performance switches:"):
+        assert section in out.splitlines()
+
+
+@pytest.mark.parametrize("module", ["asl_ray.ablate.__main__", "asl_ray.vram.__main__"])
+def test_other_set_clis_list_the_keys_too(module):
+    import importlib
+
+    from asl_ray.config import FIELD_NAMES
+    text = importlib.import_module(module).build_parser().format_help()
+    missing = [name for name in FIELD_NAMES if f"\n  {name} (" not in text]
+    assert missing == []

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from asl_ray.cli import OneLineParser, add_config_arguments, config_from_args, fail
+from asl_ray.cli import OneLineParser, add_config_arguments, config_from_args, fail, non_negative_float
 from asl_ray.config import ConfigError
 
 
@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", action="store_true", help="run the loop inside a Ray Train TorchTrainer")
     p.add_argument("--emulate-gpu", metavar="CARD",
                    help="cap CUDA memory as if on CARD (rtx4070, a size in GiB, ...): fits or fails as there")
-    p.add_argument("--headroom-mb", type=float, default=None, help="memory left for other processes (default 512)")
+    p.add_argument("--headroom-mb", type=non_negative_float, default=None,
+                   help="memory left for other processes (default 512)")
     return p
 
 
