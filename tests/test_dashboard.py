@@ -6,7 +6,8 @@ import pytest
 
 from asl_ray.search.__main__ import build_parser
 from asl_ray.search.dashboard import dashboard_help
-from asl_ray.search.ray_cluster import DEFAULT_DASHBOARD_PORT, api_server_url, choose_dashboard_port, port_is_free
+from asl_ray.search.ray_cluster import DEFAULT_DASHBOARD_PORT, choose_dashboard_port, port_is_free
+from asl_ray.train.local_ray import api_server_url
 
 
 def test_dashboard_defaults_to_loopback():

@@ -7,24 +7,17 @@ every process of a local cluster is told its own dashboard's address before the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
-import os
 import socket
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Optional
 
 from asl_ray.cli import fail
+from asl_ray.train.local_ray import free_port, init_local_ray
 
 if TYPE_CHECKING:
     from asl_ray.search.session import SearchPlan
 
 DEFAULT_DASHBOARD_PORT = 8265
-STATE_TRACKING_VARIABLE = "RAY_TRAIN_ENABLE_STATE_TRACKING"
-"""Ray 2.60 keeps Train runs off the dashboard's Train page (and its /api/train/v2/runs) unless this is 1 in
-the environment of the processes that run the TorchTrainer."""
-API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
-"""Where Ray's state API client looks first (before RAY_ADDRESS and before scanning for local clusters).
-Unlike RAY_ADDRESS, ray.init ignores it, so it can be set before the cluster it names exists."""
 
 
 def port_number(text: str) -> int:
@@ -62,39 +55,13 @@ def choose_dashboard_port(host: str, requested: Optional[int]) -> int:
         return requested
     if port_is_free(host, DEFAULT_DASHBOARD_PORT):
         return DEFAULT_DASHBOARD_PORT
-    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
+    port = free_port(host)
     print(f"dashboard port {DEFAULT_DASHBOARD_PORT} is in use (another Ray?): this search's dashboard uses {port}")
     return port
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def api_server_url(host: str, port: int) -> str:
-    """How processes on this machine reach a dashboard bound to host:port."""
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """os.environ with values set (not overriding a user's own), restored on exit: the processes started
-    meanwhile keep them, this process does not (a later Ray in the same process must not inherit them)."""
-    saved = {key: os.environ.get(key) for key in values}
-    for key, value in values.items():
-        os.environ.setdefault(key, value)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def start_ray(plan: "SearchPlan") -> None:
@@ -104,21 +71,14 @@ def start_ray(plan: "SearchPlan") -> None:
     if plan.address:
         context = ray.init(address=plan.address, configure_logging=False)
     else:
-        # The dashboard process always runs (Train's placement-group cleanup queries its state API);
-        # it binds to loopback unless --dashboard-host says otherwise. address="local": never join a
-        # cluster someone else started with `ray start` on this machine.
-        own = {STATE_TRACKING_VARIABLE: "1",
-               API_SERVER_VARIABLE: api_server_url(plan.dashboard_host, plan.dashboard_port)}
-        with environment(own):
-            try:
-                context = ray.init(address="local", num_cpus=plan.num_cpus, include_dashboard=True,
-                                   dashboard_host=plan.dashboard_host, dashboard_port=plan.dashboard_port,
-                                   configure_logging=False)
-            except ValueError as e:  # the port was taken between our check and Ray's
-                if "already occupied" not in str(e):
-                    raise
-                fail(f"--dashboard-port {plan.dashboard_port}: {plan.dashboard_host}:{plan.dashboard_port} "
-                     f"was taken while Ray started; choose another port")
+        # Loopback unless --dashboard-host says otherwise.
+        try:
+            context = init_local_ray(plan.dashboard_host, plan.dashboard_port, plan.num_cpus)
+        except ValueError as e:  # the port was taken between our check and Ray's
+            if "already occupied" not in str(e):
+                raise
+            fail(f"--dashboard-port {plan.dashboard_port}: {plan.dashboard_host}:{plan.dashboard_port} "
+                 f"was taken while Ray started; choose another port")
     if plan.dashboard:
         from asl_ray.search.dashboard import dashboard_help
         url = context.dashboard_url or f"{plan.dashboard_host}:{plan.dashboard_port}"

@@ -9,12 +9,13 @@ import torch
 
 from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
+from asl_ray.train.local_ray import free_port, init_local_ray
 from asl_ray.train.worker import make_trainer, worker_loop_config
 
 
 def run_with_ray(cfg: TrainConfig, cache: SequenceCache, out: Path, emulate_usable_bytes: Optional[int]) -> dict[str, Any]:
     if not ray.is_initialized():
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+        init_local_ray("127.0.0.1", free_port("127.0.0.1"))  # its own Ray, even while a search runs
     use_gpu = torch.cuda.is_available()
     trainer = make_trainer(worker_loop_config(cfg, cache.path, emulate_usable_bytes), name="train",
                            storage_path=str(out.resolve() / "ray"), use_gpu=use_gpu)
