@@ -7,16 +7,18 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from asl_ray.ablate.__main__ import main as ablate_main
-from asl_ray.ablate.flops import count_flops_per_sample, datasheet_peak_tflops, flop_counter
-from asl_ray.ablate.loader_rate import LoaderRate, loader_margin
+from asl_ray.ablate.flops import PEAK_TFLOPS, count_flops_per_sample, datasheet_peak_tflops, flop_counter
+from asl_ray.ablate.loader_rate import LoaderRate, loader_margin, loader_text, measure_loader_with_workers
 from asl_ray.ablate.measure import measurement_config, warmup_batches
-from asl_ray.ablate.results import paired_ratios, spread, verdict
+from asl_ray.ablate.report import MEMORY_LEGEND
+from asl_ray.ablate.results import paired_ratios, predicted_reserved_mib, spread, verdict
 from asl_ray.ablate.variants import ablations_for, select
 from asl_ray.config import TrainConfig
 from conftest import expect_bad_input, tiny_config
 
 SEED_DEFAULT_VARIANTS = ["fp32", "bf16", "accum=1", "compile=on", "cudnn.benchmark=off", "pinned+non_blocking=off",
-                         "workers=0", "workers=2", "empty_cache=every50", "pad=max_len", "bucketing=on"]
+                         "workers=0", "workers=2", "empty_cache=every50", "pad=max_len", "bucketing=on",
+                         "foreach_optimizer=on", "features_on_device=on", "persistent_workers=on"]
 
 
 def test_every_ablation_of_the_seed_default_changes_one_optimisation():
@@ -111,16 +113,54 @@ def test_training_flops_are_about_three_forwards(synth_cache):
 
 
 @pytest.mark.parametrize("name, precision, peak", [
-    ("NVIDIA GeForce RTX 4070", "fp16", 29.1), ("NVIDIA H100 80GB HBM3", "bf16", 989.4),
-    ("NVIDIA H100 PCIe", "fp32", 51.2), ("NVIDIA H200", "fp16", 989.4), ("Tesla T4", "bf16", None),
-    ("Some Future GPU", "fp16", None)])
+    # RTX 4070: 58.3 dense fp16/bf16 tensor with fp32 accumulate; 29.1 is its fp32 shader rate.
+    ("NVIDIA GeForce RTX 4070", "fp16", 58.3), ("NVIDIA GeForce RTX 4070", "bf16", 58.3),
+    ("NVIDIA GeForce RTX 4070", "fp32", 29.1), ("NVIDIA GeForce RTX 4090", "fp16", 165.2),
+    ("NVIDIA GeForce RTX 4060 Ti", "fp16", 44.1), ("NVIDIA GeForce RTX 4080", "bf16", 97.5),
+    ("NVIDIA GeForce RTX 3060", "fp16", 25.5), ("NVIDIA H100 80GB HBM3", "bf16", 989.4),
+    ("NVIDIA H100 PCIe", "fp32", 51.2), ("NVIDIA H200", "fp16", 989.4), ("NVIDIA H200 NVL", "bf16", 835.5),
+    ("NVIDIA A100-SXM4-80GB", "bf16", 312.0), ("NVIDIA L4", "fp16", 121.0), ("Tesla T4", "fp16", 65.0),
+    ("Tesla T4", "bf16", None), ("Some Future GPU", "fp16", None),
+    # Variants with other SM counts and clocks must not borrow the base model's row.
+    ("NVIDIA GeForce RTX 4070 Ti", "fp16", None), ("NVIDIA GeForce RTX 4070 SUPER", "fp16", None),
+    ("NVIDIA GeForce RTX 4090 Laptop GPU", "fp16", None), ("NVIDIA GeForce RTX 3060 Ti", "fp16", None),
+    ("NVIDIA A10G", "fp16", None)])
 def test_datasheet_peak_by_device_name(name, precision, peak):
     assert datasheet_peak_tflops(name, precision) == peak
 
 
-def test_loader_margin():
-    m = loader_margin(LoaderRate(samples_per_s=300.0, batches=10, samples=120), loop_samples_per_s=100.0, workers=4)
-    assert m["margin_one_core"] == 3.0 and m["margin_with_workers"] == 12.0
+@pytest.mark.parametrize("card", ["rtx4070", "rtx4060ti", "rtx4080", "rtx4090", "rtx3060"])
+def test_geforce_fp32_accumulate_tensor_rate_is_twice_the_shader_rate(card):
+    # Ada/Ampere GeForce: 512 dense fp16-with-fp32-accumulate FLOP/clk/SM vs 256 fp32: a row that puts the
+    # shader rate in the tensor column (as rtx4070 once did) fails here.
+    row = PEAK_TFLOPS[card]
+    assert row["fp16"] == row["bf16"] and row["fp16"] / row["fp32"] == pytest.approx(2.0, rel=0.01)
+
+
+def test_loader_margin_with_workers_is_an_upper_bound_unless_measured():
+    one_core = LoaderRate(samples_per_s=300.0, batches=10, samples=120)
+    m = loader_margin(one_core, loop_samples_per_s=100.0, workers=4)
+    assert m["margin_one_core"] == 3.0 and m["margin_with_workers_upper_bound"] == 12.0
+    assert m["margin_with_workers_measured"] is None and "margin_with_workers" not in m
+    text = loader_text(m, "base")
+    assert "at most 12.0x (upper bound, computed: 4 x one core" in text and "measured 1" not in text
+    measured = loader_margin(one_core, 100.0, 4, LoaderRate(samples_per_s=550.0, batches=10, samples=120, workers=4))
+    assert measured["margin_with_workers_measured"] == 5.5
+    assert f"measured 550 samples/s = 5.5x (4 workers on this {measured['cpu_cores']}-core machine" in \
+        loader_text(measured, "base")
+
+
+def test_loader_with_workers_runs_real_worker_processes(synth_cache):
+    rate = measure_loader_with_workers(tiny_config(num_workers=1, batch_size=8), synth_cache, batches=3)
+    assert rate.workers == 1 and rate.batches == 3 and rate.samples == 24 and rate.samples_per_s > 0
+
+
+def test_predicted_reserved_leaves_out_what_the_allocator_never_holds():
+    mib = 2 ** 20
+    breakdown = {"parameters": 100 * mib, "activations": 300 * mib, "allocator_overhead": 50 * mib,
+                 "cuda_context": 500 * mib, "torch_compile": 128 * mib}
+    assert predicted_reserved_mib(1078 * mib, breakdown) == 450.0
+    assert predicted_reserved_mib(450 * mib, {"parameters": 450 * mib}) == 450.0
 
 
 def test_tiny_cpu_ablation_writes_table_json_and_chart(synth_root, synth_cache, tmp_path, capsys):
@@ -138,10 +178,16 @@ def test_tiny_cpu_ablation_writes_table_json_and_chart(synth_root, synth_cache, 
         rows["accum=1"]["speed_ratio"]["max"]
     if not torch.cuda.is_available():
         assert rows["fp32"]["status"] == "needs GPU" and rows["fp32"]["verdict"] == "needs GPU"
-        assert rows["fp32"]["predicted_peak_mb"] > 0  # the estimator still predicts it on a CPU
+        assert rows["fp32"]["predicted_reserved_mb"] > 0  # the estimator still predicts it on a CPU
+    from asl_ray.vram.constants import CUDA_CONTEXT_BYTES
+    for r in rows.values():  # like with like: the reserved prediction has no context in it
+        context_mb = r["predicted_with_context_mb"] - r["predicted_reserved_mb"]
+        assert context_mb == pytest.approx(CUDA_CONTEXT_BYTES / 2 ** 20)
     e = record["efficiency"]
     assert e["base"]["train_gflops_per_sample"] > 0 and e["loader"]["margin_one_core"] > 0
-    assert (out / "ablation.png").stat().st_size > 0 and "seed's claim" in (out / "table.txt").read_text()
+    table = (out / "table.txt").read_text()
+    assert (out / "ablation.png").stat().st_size > 0 and "seed's claim" in table and MEMORY_LEGEND in table
+    assert "predicted reserved MiB" in table and "predicted card total MiB" in table
     assert "mixed precision: 30-50% faster" in capsys.readouterr().out
 
 
@@ -171,3 +217,18 @@ def test_a_variant_that_runs_out_of_memory_is_marked_and_not_run_again(synth_cac
     assert v.skipped == "out of memory on rtx4070" and v.runs == []
     r = row(v, base)
     assert r["status"] == r["verdict"] == "out of memory on rtx4070" and r["speed_ratio"]["median"] is None
+
+
+def test_memory_columns_pair_measured_and_predicted_figures_of_the_same_kind():
+    from asl_ray.ablate.measure import Measurement
+    from asl_ray.ablate.report import table_text
+    from asl_ray.ablate.results import VariantRuns, row
+    base = VariantRuns(None, predicted_reserved_mb=400.0, predicted_with_context_mb=900.0)
+    base.runs = [Measurement(10.0, 1.0, 5.0, peak_reserved_mb=380.0 + r, peak_allocated_mb=300.0,
+                             device_used_mb_sampled_max=1000.0 + r) for r in range(3)]
+    r = row(base, base)
+    assert r["peak_reserved_mb"] == 381.0 and r["predicted_reserved_mb"] == 400.0  # both without the context
+    assert r["device_used_mb_sampled_max"] == 1001.0 and r["predicted_with_context_mb"] == 900.0  # both with it
+    header = table_text([r]).splitlines()[0]
+    assert header.index("reserved MiB") < header.index("predicted reserved MiB") < \
+        header.index("GPU used MiB (sampled max)") < header.index("predicted card total MiB")

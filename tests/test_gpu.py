@@ -17,7 +17,7 @@ def test_mixed_precision_epoch_on_gpu(synth_cache, precision):
     assert rt.precision == precision and rt.grad_scaler().is_enabled() == (precision == "fp16") and rt.non_blocking
     result = fit(cfg, synth_cache, LocalReporter(None, log=lambda *_: None), runtime=rt)
     assert result["feasible"] and result["cuda_max_reserved_mb"] >= result["cuda_max_allocated_mb"] > 0
-    assert "nvml_used_mb" in result
+    assert "device_used_mb_sampled_max" in result
 
 
 def test_emulated_small_card_turns_a_big_batch_into_an_oom_result(synth_cache):

@@ -1,9 +1,9 @@
 """python -m asl_ray.ablate [--data DIR] [--gpu CARD] [--config YAML] [--set k=v] [--repeats N] [--steps N]
 
 From the base config (the seed's default unless --config/--set change it), switch one optimisation at a
-time and measure samples/s and peak memory side by side in one run, interleaved repeat by repeat; then
-count FLOPs per sample for MFU and time the data pipeline on one core. Writes ablation.json,
-ablation.png and table.txt under runs/ablate-<date-time>/ (or --out).
+time and measure samples/s and max_memory_reserved side by side in one run, interleaved repeat by repeat;
+then count FLOPs per sample for MFU and time the data pipeline alone (on one core, and with the config's
+loader workers). Writes ablation.json, ablation.png and table.txt under runs/ablate-<date-time>/ (or --out).
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import torch
 
 from asl_ray.ablate import report
 from asl_ray.ablate.flops import count_flops_per_sample, datasheet_peak_tflops, measured_matmul_tflops
-from asl_ray.ablate.loader_rate import loader_margin, measure_loader_one_core
+from asl_ray.ablate.loader_rate import (loader_margin, loader_text, measure_loader_one_core,
+                                       measure_loader_with_workers)
 from asl_ray.ablate.measure import measure
-from asl_ray.ablate.results import NEEDS_GPU, VariantRuns, row
+from asl_ray.ablate.results import NEEDS_GPU, VariantRuns, predicted_reserved_mib, row
 from asl_ray.ablate.variants import BASE_CLAIM, ablations_for, select
-from asl_ray.cli import OneLineParser, fail, open_data_or_fail, parse_overrides
+from asl_ray.cli import OneLineParser, add_config_arguments, fail, open_data_or_fail, parse_overrides
 from asl_ray.config import ConfigError, TrainConfig
 
 
@@ -35,16 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "in GiB, auto); speed is always this machine's")
     p.add_argument("--headroom-mb", type=float, default=None, help="memory left free on the target card")
     p.add_argument("--no-emulate", action="store_true", help="use the whole GPU instead of the target card's memory")
-    p.add_argument("--config", help="base config YAML (e.g. a search's best_config.yaml); default: the seed's")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one base-config key (repeatable)")
+    add_config_arguments(p, epochs_shorthand=False,
+                         config_help="base config YAML (e.g. a search's best_config.yaml); default: the seed's")
     p.add_argument("--repeats", type=int, default=3, help="measurements of every variant (interleaved)")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps measured per repeat after warm-up (default: 10 on CUDA, 3 on CPU)")
     p.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="measure only these variants")
     p.add_argument("--skip", nargs="+", default=[], metavar="VARIANT", help="leave these variants out")
     p.add_argument("--flops-batches", type=int, default=8, help="real batches the FLOP count averages over")
-    p.add_argument("--loader-batches", type=int, default=40, help="batches the one-core loader timing reads")
+    p.add_argument("--loader-batches", type=int, default=40, help="batches each loader timing reads")
     p.add_argument("--out", help="output folder (default: runs/ablate-<date-time>)")
     return p
 
@@ -93,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if m is None:
                 continue
             v.runs.append(m)
-            mem = f"  peak {m.peak_reserved_mb:.0f} MiB" if m.peak_reserved_mb is not None else ""
+            mem = f"  reserved {m.peak_reserved_mb:.0f} MiB" if m.peak_reserved_mb is not None else ""
             print(f"repeat {r}: {v.name:<28} {m.samples_per_s:8.1f} samples/s{mem}  ({m.seconds:.0f} s)", flush=True)
 
     rows = [row(v, variants[0]) for v in variants]
@@ -137,12 +137,15 @@ def _inputs(args):
 
 
 def _predict(variants: list[VariantRuns], base: TrainConfig, num_classes: int) -> None:
-    """The VRAM estimator's peak for every variant (worst case: every sequence at max_len)."""
+    """The VRAM estimator's figures for every variant (worst case: every sequence at max_len): its
+    allocator peak (compared with the measured max_memory_reserved) and its card total (context included)."""
     from asl_ray.vram.estimate import estimate_peak_vram
     for v in variants:
         cfg = v.ablation.config(base) if v.ablation else base
         try:
-            v.predicted_peak_mb = estimate_peak_vram(cfg, num_classes).total_mib
+            estimate = estimate_peak_vram(cfg, num_classes)
+            v.predicted_reserved_mb = predicted_reserved_mib(estimate.total_bytes, estimate.breakdown)
+            v.predicted_with_context_mb = estimate.total_bytes / 2 ** 20
         except Exception as e:  # the estimate is a side column; a failure must not cost the measurements
             print(f"VRAM estimate for {v.name} failed: {type(e).__name__}: {e}")
 
@@ -188,7 +191,8 @@ def _efficiency(base, best_cfg, best_name, base_row, best_row, cache, device, de
                       "datasheet_peak_tflops": peak, "mfu": achieved / peak if peak else None,
                       "matmul_tflops_measured": matmul, "share_of_matmul_peak": achieved / matmul}
     loader = measure_loader_one_core(best_cfg, cache, args.loader_batches)
-    out["loader"] = loader_margin(loader, best_row["samples_per_s"]["median"], best_cfg.num_workers)
+    with_workers = measure_loader_with_workers(best_cfg, cache, args.loader_batches) if best_cfg.num_workers else None
+    out["loader"] = loader_margin(loader, best_row["samples_per_s"]["median"], best_cfg.num_workers, with_workers)
     return out
 
 
@@ -199,7 +203,8 @@ def _summary_text(rows: list[dict], base: TrainConfig, e: dict, device_name: str
     peak = base_row["peak_reserved_mb"]
     where = "" if "4070" in device_name else f" (this is {device_name}, not an RTX 4070)"
     lines.append(f"base: {sps:.1f} samples/s = {bps:.2f} micro-batches/s of {base.batch_size}"
-                 + (f", peak {peak / 1024:.2f} GiB reserved" if peak else ", peak memory: needs GPU")
+                 + (f", max_memory_reserved {peak / 1024:.2f} GiB (no CUDA context)" if peak
+                    else ", memory: needs GPU")
                  + f"; seed's claim: {BASE_CLAIM}{where}")
     for label in ("base", "best"):
         x = e[label]
@@ -213,12 +218,7 @@ def _summary_text(rows: list[dict], base: TrainConfig, e: dict, device_name: str
     for r in rows:
         for note in r["notes"]:
             lines.append(f"note ({r['variant']}): {note}")
-    ld = e["loader"]
-    lines.append(f"data pipeline: {ld['loader_samples_per_s_one_core']:.0f} samples/s on one core vs the loop's "
-                 f"{ld['loop_samples_per_s']:.1f} at {e['best_variant']}: margin {ld['margin_one_core']:.1f}x on one "
-                 f"core, {ld['margin_with_workers']:.1f}x with {ld['workers']} workers"
-                 + (" (loading inside the training process)" if ld["workers"] == 0 else "")
-                 + ("" if ld["margin_one_core"] >= 1 else "  <-- the loader is the bottleneck on one core"))
+    lines.append(loader_text(e["loader"], e["best_variant"]))
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""One measurement of one config: samples/s over a few optimizer steps of the real loop, and peak memory.
+"""One measurement of one config: samples/s over a few optimizer steps of the real loop, and its memory.
 
 Each call builds its own Session and Runtime (cuDNN, precision and pinning come from the config), and
 frees everything before returning, so a variant's peak memory is its own.
@@ -25,11 +25,12 @@ class Measurement:
     seconds: float
     """Wall time of the whole measurement: setup, warm-up (compilation included) and measured steps."""
     peak_reserved_mb: Optional[float] = None
-    """torch.cuda.max_memory_reserved: what the card must hold for this config (CUDA only)."""
+    """torch.cuda.max_memory_reserved (CUDA only): the caching allocator's peak, WITHOUT the CUDA context."""
     peak_allocated_mb: Optional[float] = None
-    """torch.cuda.max_memory_allocated: live tensors at the peak (CUDA only)."""
-    nvml_used_mb: Optional[float] = None
-    """Device memory in use per pynvml at the end (every process, CUDA context included)."""
+    """torch.cuda.max_memory_allocated (CUDA only): live tensors at the peak, without the context."""
+    device_used_mb_sampled_max: Optional[float] = None
+    """NVML's used memory of this process's GPU, the largest of the snapshots taken during the run (every
+    process on the GPU and the CUDA context included; a sampled maximum, not a peak). CUDA with NVML only."""
     notes: tuple[str, ...] = ()
     """Warnings the run raised (e.g. torch.compile fell back to eager: its ratio is then eager's)."""
 
@@ -66,7 +67,8 @@ def measure(cfg: TrainConfig, cache: SequenceCache, steps: int, device=None) -> 
     release(runtime)
     return Measurement(samples_per_s=metrics["samples_per_s"], steps_per_s=metrics["steps_per_s"], seconds=seconds,
                        peak_reserved_mb=memory.get("cuda_max_reserved_mb"),
-                       peak_allocated_mb=memory.get("cuda_max_allocated_mb"), nvml_used_mb=memory.get("nvml_used_mb"), notes=notes)
+                       peak_allocated_mb=memory.get("cuda_max_allocated_mb"),
+                       device_used_mb_sampled_max=memory.get("device_used_mb_sampled_max"), notes=notes)
 
 
 def release(runtime: Runtime) -> None:

@@ -10,6 +10,15 @@ from asl_ray.ablate.variants import Ablation
 
 NEEDS_GPU = "needs GPU"
 BASE = "base"
+OUTSIDE_ALLOCATOR = ("cuda_context", "torch_compile")
+"""Estimate parts that torch's caching allocator never holds (the context; Triton kernels, loaded into
+it), so `max_memory_reserved` cannot contain them."""
+
+
+def predicted_reserved_mib(total_bytes: int, breakdown: dict[str, int]) -> float:
+    """The estimator's modelled max_memory_reserved: its total less the parts outside the allocator,
+    i.e. the figure a measured `max_memory_reserved` is compared with (like with like)."""
+    return (total_bytes - sum(breakdown.get(part, 0) for part in OUTSIDE_ALLOCATOR)) / 2 ** 20
 
 
 @dataclass
@@ -19,7 +28,10 @@ class VariantRuns:
     runs: list[Measurement] = field(default_factory=list)
     skipped: str = ""
     """Why it was not measured ('needs GPU'), or ''."""
-    predicted_peak_mb: float = float("nan")
+    predicted_reserved_mb: float = float("nan")
+    """The estimator's allocator peak (modelled max_memory_reserved, no CUDA context): beside the measured one."""
+    predicted_with_context_mb: float = float("nan")
+    """The estimator's whole-card total (allocator peak + CUDA context + compile kernels): what must fit."""
 
     @property
     def name(self) -> str:
@@ -55,6 +67,7 @@ def row(v: VariantRuns, base: VariantRuns) -> dict[str, Any]:
     speed_ratio = spread(paired_ratios(sps, [m.samples_per_s for m in base.runs]))
     memory_ratio = spread(paired_ratios(mem, [m.peak_reserved_mb for m in base.runs]))
     measured_mem = [m for m in mem if m is not None]
+    device_used = [m.device_used_mb_sampled_max for m in v.runs if m.device_used_mb_sampled_max is not None]
     a = v.ablation
     claim = a.claim if a else None
     out: dict[str, Any] = {
@@ -63,8 +76,11 @@ def row(v: VariantRuns, base: VariantRuns) -> dict[str, Any]:
         "samples_per_s": spread(sps), "speed_ratio": speed_ratio,
         "peak_reserved_mb": statistics.median(measured_mem) if measured_mem else None,
         "memory_ratio": memory_ratio,
-        "predicted_peak_mb": v.predicted_peak_mb,
-        "predicted_memory_ratio": v.predicted_peak_mb / base.predicted_peak_mb if base.predicted_peak_mb else None,
+        "predicted_reserved_mb": v.predicted_reserved_mb,
+        "predicted_memory_ratio": (v.predicted_reserved_mb / base.predicted_reserved_mb
+                                   if base.predicted_reserved_mb else None),
+        "device_used_mb_sampled_max": statistics.median(device_used) if device_used else None,
+        "predicted_with_context_mb": v.predicted_with_context_mb,
         "claim": claim.text if claim else "", "claimed_speed_ratio": claim.speed_ratio if claim else None,
         "claimed_memory_ratio": claim.memory_ratio if claim else None,
         "notes": sorted({n for m in v.runs for n in m.notes}),

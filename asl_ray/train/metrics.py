@@ -1,10 +1,25 @@
-"""Throughput and memory figures for each epoch: torch's allocator, pynvml's device view, process RSS."""
+"""Throughput and memory figures for each epoch: torch's allocator, the device as NVML sees it, process RSS.
+
+Memory keys (all MiB; "_mb" is kept for the readers of these keys):
+- `peak_memory_mb`: the device figure the search and reports compare. On CUDA it is
+  `cuda_max_reserved_mb`; on a CPU it is NaN (there is no device memory; host RSS is not one).
+- `cuda_max_reserved_mb` / `cuda_max_allocated_mb`: torch's caching-allocator peaks over the epoch.
+  They do NOT include the CUDA context (driver, kernels, cuBLAS/cuDNN handles), which sits outside
+  the allocator; compare them with an estimate's allocator part, not with its context-inclusive total.
+- `device_used_mb_sampled_max`: NVML's used memory of the GPU this process runs on, the largest of the
+  snapshots taken every 16 batches and at the epoch's end. Every process on that GPU and the CUDA
+  context are in it; it is a sampled maximum, not a peak (a short spike between samples is missed).
+  `device_total_mb` is that GPU's size. Absent when NVML is unavailable or the GPU cannot be matched.
+- `rss_peak_mb`: this process's host RSS, sampled the same way, on every device.
+"""
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import psutil
 import torch
@@ -48,47 +63,118 @@ class ThroughputMeter:
                 "train_seconds": now - self.all_start}
 
 
-class MemoryMonitor:
-    """Peak memory of the epoch: torch allocator peaks and pynvml device memory on CUDA, RSS always."""
+class _NoDeviceMemory:
+    """A CPU run: no device memory to report."""
+
+    def reset(self) -> None:
+        pass
+
+    def sample(self) -> None:
+        pass
+
+    def result(self) -> dict[str, Any]:
+        return {"peak_memory_mb": math.nan}
+
+
+class _CudaMemory:
+    """torch's allocator peaks, and NVML's used memory of the GPU this process actually runs on."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._nvml = _nvml_handle(device) if device.type == "cuda" else None
-        self.peak_rss = 0
+        self._nvml = _nvml_handle_for(device)
+        self.device_used_max = 0
 
     def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.peak_rss = 0
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.device_used_max = 0
 
     def sample(self) -> None:
-        """Cheap: call it now and then inside the epoch to catch the RSS peak."""
-        self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
+        if self._nvml is not None:
+            import pynvml
+            self.device_used_max = max(self.device_used_max, pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
 
     def result(self) -> dict[str, Any]:
-        self.sample()
-        out: dict[str, Any] = {"rss_peak_mb": self.peak_rss / MB}
-        if self.device.type == "cuda":
-            out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / MB
-            out["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / MB
-            out["peak_memory_mb"] = out["cuda_max_reserved_mb"]
-            if self._nvml is not None:
-                import pynvml
-                info = pynvml.nvmlDeviceGetMemoryInfo(self._nvml)
-                out["nvml_used_mb"] = info.used / MB
-                out["nvml_total_mb"] = info.total / MB
-        else:
-            out["peak_memory_mb"] = out["rss_peak_mb"]
+        reserved = torch.cuda.max_memory_reserved(self.device) / MB
+        out: dict[str, Any] = {"cuda_max_reserved_mb": reserved,
+                               "cuda_max_allocated_mb": torch.cuda.max_memory_allocated(self.device) / MB,
+                               "peak_memory_mb": reserved}
+        if self._nvml is not None:
+            import pynvml
+            self.sample()
+            out["device_used_mb_sampled_max"] = self.device_used_max / MB
+            out["device_total_mb"] = pynvml.nvmlDeviceGetMemoryInfo(self._nvml).total / MB
         return out
 
 
-def _nvml_handle(device: torch.device):
+class MemoryMonitor:
+    """Memory of the epoch (see the module docstring for what each figure is): the device's, and RSS."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._device_memory = _CudaMemory(device) if device.type == "cuda" else _NoDeviceMemory()
+        self.peak_rss = 0
+
+    def reset(self) -> None:
+        self._device_memory.reset()
+        self.peak_rss = 0
+
+    def sample(self) -> None:
+        """Cheap: call it now and then inside the epoch to catch the RSS (and device-used) maximum."""
+        self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
+        self._device_memory.sample()
+
+    def result(self) -> dict[str, Any]:
+        self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
+        return {"rss_peak_mb": self.peak_rss / MB, **self._device_memory.result()}
+
+
+def _uuid_key(uuid: Optional[str]) -> str:
+    """NVML writes 'GPU-6f1e...', torch '6f1e...': compare without the prefix and case."""
+    return (uuid or "").strip().lower().removeprefix("gpu-")
+
+
+def nvml_index_for(torch_index: int, torch_uuids: Sequence[Optional[str]], nvml_uuids: Sequence[str],
+                   cuda_visible_devices: Optional[str]) -> Optional[int]:
+    """The NVML index of the GPU that torch calls `torch_index`, or None if it cannot be told.
+
+    torch numbers only the GPUs in CUDA_VISIBLE_DEVICES (Ray sets it per worker, so a worker's
+    cuda:0 is often NVML's GPU 3); NVML numbers every GPU in PCI bus order. A GPU's UUID is the same
+    on both sides, so it decides. Without a UUID from torch, the CUDA_VISIBLE_DEVICES entry is used
+    (an ordinal, or a UUID or its prefix); an ordinal names CUDA's order, which is NVML's only with
+    CUDA_DEVICE_ORDER=PCI_BUS_ID, hence the UUID first. A UUID NVML does not list (a MIG instance)
+    gives None: no figure is better than another GPU's.
+    """
+    nvml = [_uuid_key(u) for u in nvml_uuids]
+    wanted = _uuid_key(torch_uuids[torch_index]) if 0 <= torch_index < len(torch_uuids) else ""
+    if wanted:
+        return nvml.index(wanted) if wanted in nvml else None
+    if cuda_visible_devices is None:
+        return torch_index if 0 <= torch_index < len(nvml) else None
+    entries = [e.strip() for e in cuda_visible_devices.split(",")]
+    if not 0 <= torch_index < len(entries) or not entries[torch_index]:
+        return None
+    entry = entries[torch_index]
+    if entry.isdigit():
+        return int(entry) if int(entry) < len(nvml) else None
+    prefix = _uuid_key(entry)
+    matches = [i for i, u in enumerate(nvml) if u.startswith(prefix)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _nvml_handle_for(device: torch.device):
+    """NVML's handle for the GPU `device` is, or None (no NVML, or no match): torch's figures remain."""
     try:
         import pynvml
         pynvml.nvmlInit()
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception:  # no driver library, or inside a container without NVML: torch's figures remain
+        torch_uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+        nvml_uuids = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
+            nvml_uuids.append(uuid.decode() if isinstance(uuid, bytes) else uuid)
+        nvml_index = nvml_index_for(index, torch_uuids, nvml_uuids, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return None if nvml_index is None else pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
+    except Exception:  # no driver library, or a container without NVML
         return None
 
 
@@ -106,7 +192,18 @@ class JsonlLog:
             f.write(json.dumps(record, default=float) + "\n")
 
 
+def memory_text(m: dict[str, Any]) -> str:
+    """The epoch's memory figures, each named for what it is."""
+    parts = []
+    if "cuda_max_reserved_mb" in m:
+        parts.append(f"cuda reserved peak {m['cuda_max_reserved_mb']:.0f} MiB (no context)")
+    if "device_used_mb_sampled_max" in m:
+        parts.append(f"GPU used (sampled max) {m['device_used_mb_sampled_max']:.0f} MiB")
+    parts.append(f"RSS peak {m['rss_peak_mb']:.0f} MiB")
+    return "  ".join(parts)
+
+
 def format_epoch(m: dict[str, Any]) -> str:
     return (f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  val_acc {m['val_acc']:.4f}  "
             f"{m['samples_per_s']:.1f} samples/s  {m['steps_per_s']:.2f} steps/s  "
-            f"peak {m['peak_memory_mb']:.0f} MB  skipped {m['scaler_skipped_steps']}  lr {m['lr']:.2e}")
+            f"{memory_text(m)}  skipped {m['scaler_skipped_steps']}  lr {m['lr']:.2e}")
