@@ -3,15 +3,24 @@
 On a CUDA GPU: for each config of a grid (batch x dim x max_len x fp16/bf16/fp32), a fresh
 subprocess runs real optimizer steps of the real loop pieces (`Runtime.create`, `GISLRModel`,
 `make_optimizer`, `TrainStep`) with every sequence at max_len, and records the measured peak:
-`torch.cuda.max_memory_reserved()` plus the CUDA context (the process's GPU memory per NVML, or the
-device's used memory before vs after, minus what torch reserved). Each is compared with
-`estimate_peak_vram`; the table flags errors outside +-10% and under-predictions worse than -3%.
-Results: bench/results/vram_accuracy-<card-name-slug>.json.
+`torch.cuda.max_memory_reserved()` after a warm-up step (peaks reset after it; the peak with it is
+kept too) plus the CUDA context (the process's GPU memory per NVML, or the device's used memory
+before vs after, minus what torch reserved). Each is compared with the estimate's unconstrained
+peak (`total_bytes`, for this card's compute capability); the table flags errors outside +-10% and
+under-predictions worse than -3%. fp16 configs (the ones whose depthwise conv reaches cuDNN) run
+again with `cudnn.benchmark` on. With --emulate-gpu, `fits()` (least need under free-and-retry +
+context + margin) is checked against OOMs, and with --at-need each config also runs capped at its
+predicted fit figure: it must not OOM. On sm_90 and later (H100/H200) SDPA is held to the
+memory-efficient kernel (math as its fallback), the one an RTX 4070 runs: cuDNN attention would be
+measured otherwise. Results: bench/results/vram_accuracy-<card-name-slug>.json.
 
 Without CUDA: prints each config's estimate and how long it took (first call, cached call) and
 writes bench/results/vram_estimates-cpu.json.
 
-    python bench/vram_accuracy.py [--out DIR] [--quick] [--emulate-gpu CARD]
+    python bench/vram_accuracy.py [--out DIR] [--quick] [--emulate-gpu CARD] [--at-need] [--dry-run]
+
+--dry-run (no GPU needed): builds the grid and every child command line, checks that the kernel
+selection and the estimate work, and measures nothing.
 """
 from __future__ import annotations
 
@@ -69,7 +78,19 @@ def slug(name: str) -> str:
 
 # ---- measuring one config (in its own process, so the context and the allocator start clean) ----
 
-def measure_in_this_process(cfg: TrainConfig, emulate_card: Optional[str]) -> dict[str, Any]:
+def attention_kernels(capability: tuple[int, int]):
+    """The SDPA kernel selection to measure under: on sm_90 and later recent cuDNN makes SDPA prefer
+    cuDNN attention, so the memory-efficient kernel (what an RTX 4070 runs, and what the estimate
+    traces) is forced, math being its fallback where it cannot run; elsewhere torch chooses."""
+    import contextlib
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if capability[0] >= 9:
+        return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    return contextlib.nullcontext()
+
+
+def measure_in_this_process(cfg: TrainConfig, emulate_card: Optional[str], benchmark: bool = False,
+                            cap_bytes: Optional[int] = None) -> dict[str, Any]:
     from asl_ray.data.dataset import Batch
     from asl_ray.model import GISLRModel
     from asl_ray.train.loop import TrainStep
@@ -81,11 +102,19 @@ def measure_in_this_process(cfg: TrainConfig, emulate_card: Optional[str]) -> di
     runtime = Runtime.create(cfg)
     device = runtime.device
     torch.cuda.init()
-    if emulate_card:
+    torch.backends.cudnn.benchmark = benchmark
+    free_at_start, cuda_total = torch.cuda.mem_get_info(device)
+    if cap_bytes is not None:  # the card emulated by the predicted fit figure itself
+        from asl_ray.vram.cards import emulate_card_memory
+        emulate_card_memory(cap_bytes, device)
+    elif emulate_card:
         from asl_ray.vram.cards import emulate_card_memory, resolve_card
         emulate_card_memory(resolve_card(emulate_card).usable_bytes, device)
-    result: dict[str, Any] = {"oom": False}
+    result: dict[str, Any] = {"oom": False, "cudnn_benchmark": benchmark, "cap_bytes": cap_bytes,
+                              "cuda_total_bytes": int(cuda_total), "free_at_start_bytes": int(free_at_start)}
+    kernels = attention_kernels(torch.cuda.get_device_capability(device))
     try:
+        kernels.__enter__()
         torch.manual_seed(0)
         model = GISLRModel.from_config(cfg, NUM_CLASSES).to(device)
         optimizer, _ = make_optimizer(model, cfg)
@@ -93,15 +122,25 @@ def measure_in_this_process(cfg: TrainConfig, emulate_card: Optional[str]) -> di
         host = _worst_case_host_batch(cfg, runtime.pin_memory)
         accum = cfg.gradient_accumulation_steps
         micro = 0
-        while step.taken_steps < MEASURED_STEPS and step.attempted_steps < 10 * MEASURED_STEPS:
+        warmed_up = False
+        while step.taken_steps < MEASURED_STEPS + 1 and step.attempted_steps < 10 * MEASURED_STEPS:
             at_boundary = (micro + 1) % accum == 0
             step(Batch(*host).to(device, non_blocking=runtime.non_blocking), accum, at_boundary)
             micro += 1
+            if at_boundary and not warmed_up and step.taken_steps >= 1:
+                # The first window (optimizer state made, cuDNN benchmark tried) is kept apart.
+                runtime.synchronize()
+                result["peak_reserved_with_warmup_bytes"] = torch.cuda.max_memory_reserved()
+                torch.cuda.reset_peak_memory_stats()
+                warmed_up = True
         runtime.synchronize()
         result.update(taken_steps=step.taken_steps, attempted_steps=step.attempted_steps)
     except torch.cuda.OutOfMemoryError as e:
         result.update(oom=True, error=str(e).splitlines()[0][:200])
+    finally:
+        kernels.__exit__(None, None, None)
     torch.cuda.synchronize()
+    result.setdefault("peak_reserved_with_warmup_bytes", torch.cuda.max_memory_reserved())
     reserved_now = torch.cuda.memory_reserved()
     peak_reserved = torch.cuda.max_memory_reserved()
     process_after = _process_gpu_bytes()
@@ -162,10 +201,21 @@ def _device_used_bytes() -> Optional[int]:
         return None
 
 
-def measure_in_subprocess(cfg: TrainConfig, emulate_card: Optional[str], timeout: float) -> dict[str, Any]:
+def child_command(cfg: TrainConfig, emulate_card: Optional[str], benchmark: bool = False,
+                  cap_bytes: Optional[int] = None) -> list[str]:
     cmd = [sys.executable, __file__, "--measure", json.dumps(cfg.to_dict())]
     if emulate_card:
         cmd += ["--emulate-gpu", emulate_card]
+    if benchmark:
+        cmd += ["--cudnn-benchmark"]
+    if cap_bytes is not None:
+        cmd += ["--cap-bytes", str(int(cap_bytes))]
+    return cmd
+
+
+def measure_in_subprocess(cfg: TrainConfig, emulate_card: Optional[str], timeout: float, benchmark: bool = False,
+                          cap_bytes: Optional[int] = None) -> dict[str, Any]:
+    cmd = child_command(cfg, emulate_card, benchmark, cap_bytes)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     except subprocess.TimeoutExpired:
@@ -184,54 +234,96 @@ def error_of(estimate_bytes: int, measured_bytes: int) -> float:
 
 def run_gpu(args) -> Path:
     from asl_ray.vram.estimate import estimate_peak_vram
-    from asl_ray.vram.fit import fits
     card_name = torch.cuda.get_device_name(0)
+    capability = tuple(torch.cuda.get_device_capability(0))
+    free, cuda_total = torch.cuda.mem_get_info(0)
     precisions = ("fp16", "bf16", "fp32") if torch.cuda.is_bf16_supported() else ("fp16", "fp32")
     grid = config_grid(args.quick, precisions)
     card = None
     if args.emulate_gpu:
         from asl_ray.vram.cards import resolve_card
-        card = resolve_card(args.emulate_gpu)
+        # The emulated card's memory, this card's kernels and workspaces (what the run really uses).
+        card = dataclasses.replace(resolve_card(args.emulate_gpu), compute_capability=capability)
     rows = []
-    print(f"{card_name}: {len(grid)} configs" + (f", emulating {card.describe()}" if card else ""))
-    header = f"{'config':<28} {'estimate':>9} {'measured':>9} {'reserved':>9} {'context':>8} {'error':>7}  ok"
+    print(f"{card_name} (sm_{capability[0]}{capability[1]}, CUDA total {cuda_total / MiB:.0f} MiB): "
+          f"{len(grid)} configs" + (f", emulating {card.describe()}" if card else ""))
+    header = (f"{'config':<28} {'bench':>5} {'estimate':>9} {'measured':>9} {'reserved':>9} {'context':>8} "
+              f"{'error':>7}  ok")
     print(header + "\n" + "-" * len(header))
     for cfg in grid:
-        est = estimate_peak_vram(cfg, NUM_CLASSES)
-        m = measure_in_subprocess(cfg, args.emulate_gpu, args.timeout)
-        row = {"config": describe(cfg), "overrides": _overrides(cfg), "estimate_bytes": est.total_bytes,
-               "estimate_breakdown": est.breakdown, "measurement": m}
-        fit_note = ""
-        if card is not None and ("measured_total_bytes" in m or m.get("oom")):
-            row.update(predicted_fits=fits(cfg, card, NUM_CLASSES), ran_without_oom=not m.get("oom"))
-            fit_note = f"  predicted {'fits' if row['predicted_fits'] else 'OOM'}"
-        if "measured_total_bytes" in m and not m.get("oom"):
-            err = error_of(est.total_bytes, m["measured_total_bytes"])
-            row.update(error=err, within_10pct=abs(err) <= TOLERANCE, under_by_more_than_3pct=err < WORST_UNDER)
-            ok = "yes" if row["within_10pct"] and not row["under_by_more_than_3pct"] else "NO"
-            print(f"{describe(cfg):<28} {est.total_mib:>8.0f}M {m['measured_total_bytes'] / MiB:>8.0f}M "
-                  f"{m['peak_reserved_bytes'] / MiB:>8.0f}M {m['context_bytes'] / MiB:>7.0f}M {100 * err:>6.1f}%  "
-                  f"{ok}{fit_note}")
-        else:
-            print(f"{describe(cfg):<28} {est.total_mib:>8.0f}M  {'OOM' if m.get('oom') else m.get('error', '?')}"
-                  f"{fit_note}")
-        rows.append(row)
+        est = estimate_peak_vram(cfg, NUM_CLASSES, capability)
+        for benchmark in ((False, True) if cfg.precision == "fp16" else (False,)):
+            rows.append(_measure_row(cfg, est, card, benchmark, args))
     scored = [r for r in rows if "error" in r]
+    admitted = [r for r in rows if r.get("predicted_fits")]
     summary = {
         "configs": len(rows), "measured": len(scored),
         "within_10pct": sum(r["within_10pct"] for r in scored),
         "under_by_more_than_3pct": sum(r["under_by_more_than_3pct"] for r in scored),
         "mean_abs_error": sum(abs(r["error"]) for r in scored) / len(scored) if scored else None,
+        "worst_error": min((r["error"] for r in scored), default=None),
         "median_context_bytes": _median([r["measurement"]["context_bytes"] for r in scored]),
         "fit_agrees_with_run": sum(r["predicted_fits"] == r["ran_without_oom"] for r in rows if "predicted_fits" in r),
+        "oom_among_admitted": sum(not r["ran_without_oom"] for r in admitted),
+        "oom_at_predicted_need": sum(r["at_need"].get("oom", False) for r in rows if "at_need" in r),
+        "goal_met": bool(scored) and all(r["within_10pct"] and not r["under_by_more_than_3pct"] for r in scored)
+        and not any(not r["ran_without_oom"] for r in admitted),
     }
     print(f"\nwithin +-10%: {summary['within_10pct']}/{len(scored)}; "
           f"under-predicted by more than 3%: {summary['under_by_more_than_3pct']}; "
+          f"OOM among admitted: {summary['oom_among_admitted']}; "
+          f"OOM capped at the predicted need: {summary['oom_at_predicted_need']}; "
           f"median measured context: {(summary['median_context_bytes'] or 0) / MiB:.0f} MiB")
     out = Path(args.out) / f"vram_accuracy-{slug(card_name)}.json"
-    _write(out, {"card": card_name, "emulated_card": args.emulate_gpu, "summary": summary, "rows": rows,
-                 **_environment()})
+    _write(out, {"card": card_name, "compute_capability": list(capability), "cuda_total_bytes": int(cuda_total),
+                 "free_bytes_at_start": int(free), "emulated_card": args.emulate_gpu, "summary": summary,
+                 "rows": rows, **_environment()})
     return out
+
+
+def _measure_row(cfg: TrainConfig, est, card, benchmark: bool, args) -> dict[str, Any]:
+    m = measure_in_subprocess(cfg, args.emulate_gpu, args.timeout, benchmark)
+    row = {"config": describe(cfg), "cudnn_benchmark": benchmark, "overrides": _overrides(cfg),
+           "estimate_bytes": est.total_bytes, "estimate_reserved_bytes": est.reserved_peak_bytes(),
+           "estimate_need_bytes": est.need_bytes, "estimate_fit_bytes": est.fit_bytes(),
+           "estimate_breakdown": est.breakdown, "measurement": m}
+    notes = ""
+    if card is not None and ("measured_total_bytes" in m or m.get("oom")):
+        from asl_ray.vram.fit import fits
+        row.update(predicted_fits=fits(cfg, card, NUM_CLASSES), ran_without_oom=not m.get("oom"))
+        notes += f"  predicted {'fits' if row['predicted_fits'] else 'OOM'}"
+    if args.at_need and not benchmark:
+        row["at_need"] = measure_in_subprocess(cfg, None, args.timeout, False, cap_bytes=est.fit_bytes())
+        notes += f"  at need: {'OOM' if row['at_need'].get('oom') else 'ran'}"
+    bench = "on" if benchmark else "off"
+    if "measured_total_bytes" in m and not m.get("oom"):
+        err = error_of(est.total_bytes, m["measured_total_bytes"])
+        row.update(error=err, within_10pct=abs(err) <= TOLERANCE, under_by_more_than_3pct=err < WORST_UNDER)
+        ok = "yes" if row["within_10pct"] and not row["under_by_more_than_3pct"] else "NO"
+        print(f"{describe(cfg):<28} {bench:>5} {est.total_mib:>8.0f}M {m['measured_total_bytes'] / MiB:>8.0f}M "
+              f"{m['peak_reserved_bytes'] / MiB:>8.0f}M {m['context_bytes'] / MiB:>7.0f}M {100 * err:>6.1f}%  "
+              f"{ok}{notes}")
+    else:
+        print(f"{describe(cfg):<28} {bench:>5} {est.total_mib:>8.0f}M  {'OOM' if m.get('oom') else m.get('error', '?')}"
+              f"{notes}")
+    return row
+
+
+def dry_run(args) -> int:
+    """Without a GPU: the grid, every child command, the kernel selection and one estimate."""
+    from asl_ray.vram.estimate import estimate_peak_vram
+    grid = config_grid(args.quick, ("fp16", "bf16", "fp32"))
+    for cfg in grid:
+        for benchmark in ((False, True) if cfg.precision == "fp16" else (False,)):
+            cmd = child_command(cfg, args.emulate_gpu, benchmark)
+            assert cmd[1] == __file__ and json.loads(cmd[3]) == cfg.to_dict(), cmd
+            print(f"would measure {describe(cfg)} (cudnn.benchmark {'on' if benchmark else 'off'})")
+    attention_kernels((9, 0)).__enter__()  # the H100/H200 selection must exist in this torch
+    est = estimate_peak_vram(grid[0], NUM_CLASSES, (9, 0))
+    print(f"estimate of {describe(grid[0])} on sm_90: peak {est.total_mib:.0f} MiB, need {est.need_bytes / MiB:.0f} "
+          f"MiB, fit {est.fit_bytes() / MiB:.0f} MiB")
+    print(f"dry run: {len(grid)} configs wired; nothing measured (no GPU figures)")
+    return 0
 
 
 def run_cpu(args) -> Path:
@@ -258,12 +350,13 @@ def run_cpu(args) -> Path:
         for cfg in grid:
             first = E.estimate_peak_vram(cfg, NUM_CLASSES)
             cached = E.estimate_peak_vram(cfg, NUM_CLASSES)
-            how = "traced" if first.method.endswith("(traced)") else "replay of 2 traced batch sizes"
+            how = "traced" if "(traced;" in first.method else "replay of 2 traced batch sizes"
             row = {"config": describe(cfg), "overrides": _overrides(cfg), "estimate_bytes": first.total_bytes,
-                   "breakdown": first.breakdown, "first_call_seconds": first.seconds,
+                   "need_bytes": first.need_bytes, "fit_bytes": first.fit_bytes(), "breakdown": first.breakdown, "first_call_seconds": first.seconds,
                    "cached_call_seconds": cached.seconds, "first_call": how}
             if card is not None:
-                row["predicted_fits"] = first.total_bytes <= card.usable_bytes
+                from asl_ray.vram.fit import fits
+                row["predicted_fits"] = fits(cfg, card, NUM_CLASSES)
             print(f"{describe(cfg):<28} {first.total_mib:>8.0f}M {first.seconds:>10.3f}s "
                   f"{1000 * cached.seconds:>7.2f}ms  {how}" + (f"  {row['predicted_fits']}" if card else ""))
             rows.append(row)
@@ -322,12 +415,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--emulate-gpu", metavar="CARD",
                    help="cap the allocator to this card (e.g. rtx4070) and check fits() against OOMs")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per measured config")
+    p.add_argument("--at-need", action="store_true",
+                   help="also run each config capped at its predicted fit figure (it must not OOM)")
+    p.add_argument("--dry-run", action="store_true", help="check the wiring without a GPU; measure nothing")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # child process: one config as JSON
+    p.add_argument("--cudnn-benchmark", action="store_true", help=argparse.SUPPRESS)  # child process
+    p.add_argument("--cap-bytes", type=int, help=argparse.SUPPRESS)  # child process
     args = p.parse_args(argv)
     if args.measure:
         cfg = TrainConfig.from_dict(json.loads(args.measure))
-        print(json.dumps(measure_in_this_process(cfg, args.emulate_gpu)))
+        print(json.dumps(measure_in_this_process(cfg, args.emulate_gpu, args.cudnn_benchmark, args.cap_bytes)))
         return 0
+    if args.dry_run:
+        return dry_run(args)
     if torch.cuda.is_available():
         run_gpu(args)
     else:

@@ -4,7 +4,10 @@ import yaml
 
 from asl_ray.vram.__main__ import main as vram_main
 from conftest import expect_bad_input
-from asl_ray.vram.cards import CARD_TOTAL_MIB, CardError, resolve_card
+from asl_ray.vram.cards import CARD_TOTAL_MIB, CARDS, CardError, card_from_device_memory, resolve_card
+from asl_ray.vram.constants import CUDA_CONTEXT_BYTES
+
+MiB = 2 ** 20
 
 
 def test_one_config_prints_breakdown_and_verdict(capsys):
@@ -12,6 +15,9 @@ def test_one_config_prints_breakdown_and_verdict(capsys):
                       "--set", "batch_size=4"]) == 0
     out = capsys.readouterr().out
     assert "rtx4070" in out and "FITS" in out and "CUDA context" in out and "activations" in out
+    # Both figures, and the verdict says which one it used and with what margin.
+    assert "unconstrained peak" in out and "least need under free-and-retry" in out and "% margin" in out
+    assert "sm_89" in out and "fragmentation" in out
 
 
 def test_does_not_fit_a_tiny_card(capsys):
@@ -60,8 +66,30 @@ def test_every_card_profile_resolves(name):
 def test_card_sizes_and_headroom():
     assert resolve_card("12").total_bytes == 12 * 2 ** 30
     assert resolve_card("12GiB", headroom_mb=0).usable_bytes == 12 * 2 ** 30
-    assert resolve_card("rtx4070").total_bytes == 12282 * 2 ** 20
+    assert resolve_card("rtx4070").total_bytes == 12010 * 2 ** 20  # as CUDA sees it, not nvidia-smi's 12282
     with pytest.raises(CardError, match="headroom"):
         resolve_card("1", headroom_mb=2048)
     with pytest.raises(CardError, match="--headroom-mb"):
         resolve_card("rtx4070", headroom_mb=-1)
+
+
+def test_card_totals_are_what_cuda_can_allocate_with_their_source():
+    for name, profile in CARDS.items():
+        assert profile.cuda_total_mib < profile.nvidia_smi_mib, name
+        assert profile.source.startswith(("reported:", "computed:")), name
+    assert CARDS["rtx4070"].compute_capability == (8, 9) and CARDS["h100"].compute_capability == (9, 0)
+    assert resolve_card("rtx4070").compute_capability == (8, 9)
+    assert resolve_card("12").compute_capability is None  # unknown: the larger workspace is assumed
+
+
+def test_auto_card_is_what_is_free_on_the_device_less_other_processes():
+    total, context, others = 12010 * MiB, 400 * MiB, [(4242, 900 * MiB), (77, 100 * MiB)]
+    free = total - context - 1000 * MiB  # this process's context is already made when torch reports free
+    card = card_from_device_memory("NVIDIA GeForce RTX 4070", total, free, (8, 9), 512 * MiB, others)
+    assert card.total_bytes == total - 1000 * MiB  # our own context stays in: the estimate counts it
+    assert card.compute_capability == (8, 9)
+    assert "pid 4242 900 MiB" in card.describe() and "other processes hold 1000 MiB" in card.describe()
+    # Without NVML the process's own use is taken as the context constant; the rest as others'.
+    blind = card_from_device_memory("gpu", total, free, (8, 9), 512 * MiB, None)
+    assert blind.total_bytes == total - (total - free - CUDA_CONTEXT_BYTES)
+    assert "NVML unavailable" in blind.note

@@ -192,3 +192,80 @@ def test_largest_batch_of_the_default_config_on_an_rtx4070():
 def test_largest_batch_rejects_a_bad_range():
     with pytest.raises(ValueError):
         largest_batch_that_fits(SMALL, resolve_card("rtx4070"), low=8, high=4)
+
+
+# ---- issue 13: two figures, the fit rule, per-architecture workspaces, the real shape sequence ------
+
+def test_fit_verdict_uses_the_least_need_under_free_and_retry_not_the_unconstrained_peak():
+    from asl_ray.vram.cards import Card
+    cfg = small(max_len=256, batch_size=48)
+    est = estimate(cfg)
+    assert est.need_bytes <= est.reserved_peak_bytes()
+    assert est.fit_bytes() == est.need_bytes + constants.CUDA_CONTEXT_BYTES + est.margin_bytes()
+    assert est.margin_bytes() >= constants.FIT_MARGIN_FRACTION * est.need_bytes > 0
+    assert est.fit_bytes() < est.total_bytes  # near the limit the allocator releases its cache and retries
+    between = Card("between", (est.fit_bytes() + est.total_bytes) // 2, headroom_bytes=0)
+    assert fits(cfg, between, NUM_CLASSES)  # the unconstrained peak alone would have said no
+    assert not fits(cfg, Card("short", est.fit_bytes() - 1, headroom_bytes=0), NUM_CLASSES)
+    table = est.table()
+    assert "least need under free-and-retry" in table and "max_memory_reserved" in table
+
+
+def test_cublas_workspace_follows_the_compute_capability():
+    assert constants.cublas_workspace_bytes((8, 9)) == 4096 * 1024 * 2 + 16 * 1024 * 8  # RTX 4070: 8.125 MiB
+    assert constants.cublas_workspace_bytes((8, 0)) == constants.CUBLAS_WORKSPACE_BYTES_DEFAULT
+    assert constants.cublas_workspace_bytes((9, 0)) == 32 * 2 ** 20  # H100/H200
+    assert constants.cublas_workspace_bytes(None) == 32 * 2 ** 20  # unknown: the larger, errs safe
+    ada, hopper = (E.estimate_peak_vram(SMALL, NUM_CLASSES, cc) for cc in ((8, 9), (9, 0)))
+    per_handle = constants.CUBLAS_WORKSPACE_BYTES_SM90_AND_LATER - constants.CUBLAS_WORKSPACE_BYTES_DEFAULT
+    handles = constants.CUBLAS_HANDLES_PER_STEP
+    assert hopper.breakdown["cublas_workspace"] - ada.breakdown["cublas_workspace"] == handles * per_handle
+    assert E.cache_key(SMALL, NUM_CLASSES, (8, 9)) != E.cache_key(SMALL, NUM_CLASSES, (9, 0))
+
+
+def test_drawn_lengths_follow_the_padding_mode_and_the_loops_sampler():
+    from asl_ray.data.ladder import length_ladder
+    from asl_ray.vram.shapes import drawn_lengths
+    cfg = small(max_len=384, batch_size=12)
+    assert drawn_lengths(dataclasses.replace(cfg, pad_to="max_len")) == (384,) * 6
+    ladder = drawn_lengths(dataclasses.replace(cfg, pad_to="ladder"))
+    assert set(ladder) <= set(length_ladder(384)) and len(set(ladder)) > 1
+    bucketed = drawn_lengths(dataclasses.replace(cfg, pad_to="ladder", length_bucketing=True))
+    assert bucketed != ladder and set(bucketed) <= set(length_ladder(384))
+    # A batch larger than an epoch's draws still gives every micro-batch a length (the next epochs).
+    assert len(drawn_lengths(dataclasses.replace(cfg, pad_to="ladder", batch_size=4096))) == 6
+
+
+def test_real_shape_sequence_is_replayed_and_its_fragmentation_reported():
+    est = estimate(small(max_len=256, batch_size=16, pad_to="ladder"))
+    assert "lengths " in est.method and "eval" in est.method
+    assert est.breakdown["fragmentation"] >= 0
+    assert sum(est.breakdown.values()) == est.total_bytes
+    fixed_only = estimate(small(max_len=256, batch_size=16, pad_to="max_len"))
+    # Same tensors at max_len: the breakdown's traced parts agree; only the sequence's extra differs.
+    assert {k: est.breakdown[k] for k in E._TRACED_PARTS} == {k: fixed_only.breakdown[k] for k in E._TRACED_PARTS}
+
+
+def test_reduce_overhead_compile_adds_static_inputs_per_captured_shape():
+    from asl_ray.data.ladder import length_ladder
+    cfg = small(compile=True, pad_to="ladder")
+    default = estimate(cfg)
+    graphs = estimate(dataclasses.replace(cfg, compile_mode="reduce-overhead"))
+    shapes = len(length_ladder(cfg.max_len))
+    assert graphs.breakdown["torch_compile"] - default.breakdown["torch_compile"] == shapes * default.breakdown["batch"]
+    assert graphs.fit_bytes() - default.fit_bytes() == shapes * default.breakdown["batch"]
+    assert "CUDA graphs" in graphs.method
+
+
+def test_the_verdict_replays_at_the_cards_own_limit():
+    from asl_ray.vram.cards import Card
+    from asl_ray.vram.fit import fits_within
+    cfg = small(max_len=128, batch_size=24)
+    est = estimate(cfg)
+    usable = est.fit_bytes()
+    limit = usable - est.fixed_bytes() - est.margin_bytes()
+    assert limit == est.need_bytes  # at exactly the fit figure the cap is the least need ...
+    assert E.runs_within(cfg, NUM_CLASSES, None, limit)  # ... which the replay runs within
+    assert fits_within(cfg, usable, NUM_CLASSES) == (True, est.fit_bytes())
+    assert not E.runs_within(cfg, NUM_CLASSES, None, est.need_bytes - 4 * 2 ** 20)
+    assert fits(cfg, Card("exact", usable, headroom_bytes=0), NUM_CLASSES)

@@ -13,11 +13,13 @@ from typing import Optional, Sequence
 from asl_ray.cli import OneLineParser, add_config_arguments, config_from_args, fail
 from asl_ray.config import ConfigError, TrainConfig
 from asl_ray.vram.cards import DEFAULT_HEADROOM_MB, MiB, CardError, resolve_card
+from asl_ray.vram.constants import FIT_MARGIN_FRACTION
 
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m asl_ray.vram", description=__doc__.splitlines()[0])
-    p.add_argument("--gpu", default="rtx4070", help="rtx4070, a100-80gb, ..., a size in GiB, or auto (pynvml)")
+    p.add_argument("--gpu", default="rtx4070",
+                   help="rtx4070, a100-80gb, ..., a size in GiB, or auto (what is free on the device this process uses)")
     p.add_argument("--headroom-mb", type=float, default=None, help=f"kept free for others (default {DEFAULT_HEADROOM_MB})")
     add_config_arguments(p)
     p.add_argument("--space", help="a search-space YAML: table of what fits over its grid")
@@ -53,17 +55,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def one_config_report(cfg: TrainConfig, card, num_classes: int) -> str:
     from asl_ray.vram.estimate import estimate_peak_vram
-    est = estimate_peak_vram(cfg, num_classes)
-    verdict = "FITS" if est.total_bytes <= card.usable_bytes else "DOES NOT FIT"
-    margin = (card.usable_bytes - est.total_bytes) / MiB
+    est = estimate_peak_vram(cfg, num_classes, card.compute_capability)
+    verdict = "FITS" if est.fits(card.usable_bytes) else "DOES NOT FIT"
+    margin = (card.usable_bytes - est.fit_bytes()) / MiB
     return "\n".join([
         card.describe(),
         f"config: batch {cfg.batch_size} (x{cfg.gradient_accumulation_steps} accumulation), dim {cfg.dim}, depth "
         f"{cfg.depth}, max_len {cfg.max_len}, {cfg.precision}, {cfg.optimizer}{'+lookahead' if cfg.lookahead else ''}"
-        f"{', compiled' if cfg.compile else ''}; worst case: every sequence at max_len",
+        f"{', compiled' if cfg.compile else ''}; breakdown with every sequence at max_len, "
+        f"fragmentation and need over an epoch's shapes (pad_to {cfg.pad_to}) and the evaluation pass",
         est.table(),
-        f"{verdict}: predicted {est.total_mib:.0f} MiB of {card.usable_bytes / MiB:.0f} MiB usable "
-        f"({'+' if margin >= 0 else ''}{margin:.0f} MiB) [{est.method}, {est.seconds:.2f}s]",
+        f"{verdict}: needs {est.fit_bytes() / MiB:.0f} MiB (least need under free-and-retry + context + "
+        f"{100 * FIT_MARGIN_FRACTION:.0f}% margin) of {card.usable_bytes / MiB:.0f} MiB usable "
+        f"({'+' if margin >= 0 else ''}{margin:.0f} MiB); unconstrained peak {est.total_mib:.0f} MiB "
+        f"[{est.method}, {est.seconds:.2f}s]",
     ])
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from asl_ray.vram.constants import MiB
 from asl_ray.vram.trace import ALLOC, FREE, GRAD_READY, _HOST, Trace, _Alloc, _round_up
@@ -22,16 +23,30 @@ _MIN_LARGE_ALLOC = 10 * MiB
 _ROUND_LARGE = 2 * MiB
 
 
+class AllocatorOutOfMemory(MemoryError):
+    """A request the capped allocator could not serve even after releasing its cached segments."""
+
+
 class CachingAllocatorModel:
     """CUDA's caching allocator (c10/cuda/CUDACachingAllocator.cpp) for one stream, reduced to what
-    sets `max_memory_reserved`: size rounding, pools, segment sizes, best-fit, split and merge."""
+    sets `max_memory_reserved`: size rounding, pools, segment sizes, best-fit, split and merge.
 
-    def __init__(self) -> None:
+    With `limit_bytes` (what `set_per_process_memory_fraction` or the card allows) a request that no
+    cached block serves and that a new segment would take over the limit first releases every cached
+    segment that is wholly free (c10's `release_cached_blocks`, the last retry before raising: with
+    the default max_split_size `release_available_cached_blocks` does nothing), then retries; only then
+    it raises `AllocatorOutOfMemory`."""
+
+    def __init__(self, limit_bytes: Optional[int] = None) -> None:
         self.reserved = 0
+        self.peak_reserved = 0
+        self.limit_bytes = limit_bytes
+        self.releases = 0  # how many times free-and-retry emptied the cache
         self._free = {True: [], False: []}  # small pool? -> sorted [(size, segment, offset)]
         self._blocks: list[dict[int, list]] = []  # per segment: offset -> [size, is_free]
         self._ends: list[dict[int, int]] = []  # per segment: end offset -> start offset
         self._small_segment: list[bool] = []
+        self._segment_size: list[int] = []  # 0 once released
         self._where: dict[Any, tuple[int, int]] = {}  # allocation key -> (segment, offset)
 
     @staticmethod
@@ -53,8 +68,7 @@ class CachingAllocatorModel:
             block_size, seg, offset = pool.pop(i)
             self._remove_block(seg, offset)
         else:
-            block_size, seg, offset = self.segment_size(size), self._new_segment(small), 0
-            self.reserved += block_size
+            (block_size, seg), offset = self._new_segment(small, self.segment_size(size)), 0
         remaining = block_size - size
         if remaining >= _MIN_BLOCK if small else remaining > _SMALL_SIZE:
             self._add_block(seg, offset, size, is_free=False)
@@ -75,11 +89,36 @@ class CachingAllocatorModel:
             offset = start
         self._add_block(seg, offset, size, is_free=True)
 
-    def _new_segment(self, small: bool) -> int:
+    def release_cached_blocks(self) -> int:
+        """Give every wholly free segment back to the driver (torch.cuda.empty_cache); bytes released."""
+        released = 0
+        for small in (True, False):
+            pool = self._free[small]
+            keep = []
+            for size, seg, offset in pool:
+                if offset == 0 and size == self._segment_size[seg]:
+                    self._remove_block(seg, offset)
+                    self._segment_size[seg] = 0
+                    released += size
+                else:
+                    keep.append((size, seg, offset))
+            self._free[small] = keep
+        self.reserved -= released
+        return released
+
+    def _new_segment(self, small: bool, size: int) -> tuple[int, int]:
+        if self.limit_bytes is not None and self.reserved + size > self.limit_bytes:
+            self.release_cached_blocks()
+            self.releases += 1
+            if self.reserved + size > self.limit_bytes:
+                raise AllocatorOutOfMemory(f"{size} bytes more on {self.reserved} reserved exceeds {self.limit_bytes}")
         self._blocks.append({})
         self._ends.append({})
         self._small_segment.append(small)
-        return len(self._blocks) - 1
+        self._segment_size.append(size)
+        self.reserved += size
+        self.peak_reserved = max(self.peak_reserved, self.reserved)
+        return size, len(self._blocks) - 1
 
     def _add_block(self, seg: int, offset: int, size: int, is_free: bool) -> None:
         self._blocks[seg][offset] = [size, is_free]
@@ -154,38 +193,149 @@ class _LiveBytes:
         self.total -= nbytes
 
 
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What the loop runs, in order: micro-batches in pairs (one accumulation window each: the first
+    of a pair is replayed as a window's first micro-batch, the second as the accumulating one plus the
+    boundary), and the evaluation pass after `eval_after_window` windows. Traces of one config at
+    different lengths share their event structure (the same position is the same tensor)."""
+    micro_batches: tuple[Trace, ...]
+    """An even number of traced steps, in the order the loop runs them."""
+    evaluation: Optional[Trace] = None
+    """One evaluation batch (inference), or None."""
+    eval_after_window: int = -1
+    """The evaluation pass runs after this many windows; -1: never."""
+
+    def __post_init__(self) -> None:
+        if not self.micro_batches or len(self.micro_batches) % 2:
+            raise ValueError(f"ReplayPlan: need a positive even number of micro-batches, got {len(self.micro_batches)}")
+
+    @property
+    def windows(self) -> int:
+        return len(self.micro_batches) // 2
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    peak_reserved: int
+    """max_memory_reserved of the run (the allocator's peak), context not included."""
+    peak_live: int
+    """Most bytes live at once (max_memory_allocated before rounding)."""
+    live_at_peak: dict[str, int]
+    """Live bytes per part at that moment."""
+    releases: int
+    """How often free-and-retry emptied the cache (0 without a limit)."""
+
+
+# Compiled events: (kind, key, nbytes, part, made once). The key is the allocation's position in its
+# trace and its owner (traces of one config at different lengths agree on positions). No window tag:
+# everything a window allocates it frees, but what is made once.
+_OWNER_CODE = {"setup": 0, "first": 1, "accumulating": 2, "boundary": 3, "eval": 4}
+_MADE_ONCE = 7
+
+
+class _CompiledTrace:
+    def __init__(self, trace: Trace) -> None:
+        position = {id(a): i for i, (kind, a) in enumerate(trace.events) if kind == ALLOC}
+        persistent = {id(a) for a in _never_freed(trace.events)}
+
+        def compiled(kind: int, alloc: _Alloc, owner: str) -> Optional[tuple]:
+            if alloc.part == _HOST:
+                return None
+            made_once = id(alloc) in persistent
+            key = position[id(alloc)] << 3 | (_MADE_ONCE if made_once else _OWNER_CODE[owner])
+            # In the accumulating micro-batch, what became .grad in the first one is a temporary.
+            part = "attention_and_temporaries" if owner == "accumulating" and alloc.part == "gradients" else alloc.part
+            return kind, key, alloc.nbytes, part, made_once
+
+        self.setup = [c for kind, a in trace.events[:trace.window_start] if (c := compiled(kind, a, "setup"))]
+        self.stages = {stage: [c for kind, a, owner in events if (c := compiled(kind, a, owner))]
+                       for stage, events in accumulation_window(trace)}
+        # An inference pass frees all it makes; what it never frees (a workspace) exists already.
+        self.inference = [c for kind, a in trace.events
+                          if kind != GRAD_READY and (c := compiled(kind, a, "eval")) and not c[4]]
+
+
+class _CompiledPlan:
+    def __init__(self, plan: ReplayPlan, compiled: Optional[dict[int, _CompiledTrace]] = None) -> None:
+        """`compiled`: traces compiled before (by id), shared between plans with the same traces."""
+        by_id = compiled if compiled is not None else {}
+        for trace in plan.micro_batches + ((plan.evaluation,) if plan.evaluation is not None else ()):
+            if id(trace) not in by_id:
+                by_id[id(trace)] = _CompiledTrace(trace)
+        self.steps = [by_id[id(trace)] for trace in plan.micro_batches]
+        self.evaluation = by_id[id(plan.evaluation)].inference if plan.evaluation is not None else []
+        self.eval_after_window = plan.eval_after_window
+
+    def run(self, limit_bytes: Optional[int] = None, track_live: bool = True) -> ReplayResult:
+        allocator, live, made = CachingAllocatorModel(limit_bytes), _LiveBytes(), set()
+        malloc, free = allocator.malloc, allocator.free
+        if not track_live:
+            live.add = live.remove = lambda part, nbytes: None  # the bisection asks only "does it run"
+
+        def apply(events: list) -> None:
+            for kind, key, nbytes, part, made_once in events:
+                if made_once:
+                    if key in made:
+                        continue  # optimizer state, workspaces, the loss scale: created once
+                    made.add(key)
+                if kind == ALLOC:
+                    malloc(key, nbytes)
+                    live.add(part, nbytes)
+                else:
+                    free(key)
+                    live.remove(part, nbytes)
+
+        apply(self.steps[0].setup)
+        for window in range(len(self.steps) // 2):
+            first, second = self.steps[2 * window], self.steps[2 * window + 1]
+            apply(first.stages["first"])
+            apply(second.stages["accumulating"])
+            apply(second.stages["boundary"])
+            if window + 1 == self.eval_after_window:
+                apply(self.evaluation)
+        return ReplayResult(allocator.peak_reserved, live.peak, live.at_peak, allocator.releases)
+
+
+def replay(plan: ReplayPlan, limit_bytes: Optional[int] = None,
+           compiled: Optional[dict[int, _CompiledTrace]] = None) -> ReplayResult:
+    """Run `plan` through the allocator model, capped at `limit_bytes` (None: unconstrained).
+    Raises AllocatorOutOfMemory if the cap is too small even with free-and-retry. `compiled`: a dict
+    to share compiled traces between calls on the same traces."""
+    return _CompiledPlan(plan, compiled).run(limit_bytes)
+
+
+NEED_RESOLUTION = 4 * MiB
+"""The least need is found to within this (rounded up): each halving of it costs a replay."""
+
+
+def least_need_bytes(plan: ReplayPlan, unconstrained: Optional[ReplayResult] = None,
+                     resolution: int = NEED_RESOLUTION, compiled: Optional[dict[int, _CompiledTrace]] = None) -> int:
+    """The smallest allocator limit under which `plan` runs without OOM, free-and-retry included
+    (what the card must leave to the caching allocator; context not included), to within
+    `resolution` (a multiple of 2 MiB, as every segment is) and rounded up. Bisection between the
+    live peak and the unconstrained reserved peak, assuming that a larger limit never fails where a
+    smaller one runs."""
+    runner = _CompiledPlan(plan, compiled)
+    unconstrained = unconstrained or runner.run()
+    step = resolution
+    low = _round_up(unconstrained.peak_live, step) // step - 1  # in steps: known to fail (or be the floor)
+    high = _round_up(unconstrained.peak_reserved, step) // step  # known to run
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            runner.run(middle * step, track_live=False)
+            high = middle
+        except AllocatorOutOfMemory:
+            low = middle
+    return high * step
+
+
 def replay_through_allocator(trace: Trace, windows: int = REPLAYED_WINDOWS) -> tuple[int, dict[str, int]]:
     """(peak reserved bytes, live bytes per part at the moment of most live bytes) over the setup
-    and `windows` accumulation windows."""
-    persistent = _never_freed(trace.events)
-    allocator, live = CachingAllocatorModel(), _LiveBytes()
-    first_time: set[int] = set()  # persistent allocations already made once
-
-    def apply(kind: int, alloc: _Alloc, key: Any, owner: str) -> None:
-        if alloc.part == _HOST:
-            return
-        if alloc in persistent:
-            if id(alloc) in first_time:
-                return  # optimizer state, workspaces, the loss scale: created once
-            first_time.add(id(alloc))
-            key = id(alloc)
-        # In the accumulating micro-batch, what became .grad in the first one is a temporary.
-        part = "attention_and_temporaries" if owner == "accumulating" and alloc.part == "gradients" else alloc.part
-        if kind == ALLOC:
-            allocator.malloc(key, alloc.nbytes)
-            live.add(part, alloc.nbytes)
-        else:
-            allocator.free(key)
-            live.remove(part, alloc.nbytes)
-
-    for kind, alloc in trace.events[:trace.window_start]:
-        apply(kind, alloc, id(alloc), "setup")
-    stages = accumulation_window(trace)
-    for window in range(windows):
-        for stage, events in stages:
-            for kind, alloc, owner in events:
-                apply(kind, alloc, (window, owner, id(alloc)), owner)
-    return allocator.reserved, live.at_peak
+    and `windows` accumulation windows, every micro-batch the traced one."""
+    result = replay(ReplayPlan((trace,) * (2 * windows)))
+    return result.peak_reserved, result.live_at_peak
 
 
 def _never_freed(events: list[tuple[int, Any]]) -> set:

@@ -1,21 +1,56 @@
-"""Target cards: named profiles, `auto` (the card in this machine, via pynvml), or a plain GiB figure.
+"""Target cards: named profiles, `auto` (the device this process will use), or a plain GiB figure.
 
-Totals are what the driver reports (nvidia-smi's "MiB" column) for the common retail/cloud models.
+A card's `total_bytes` is what CUDA can allocate on it (the total `torch.cuda.mem_get_info()`
+reports), not nvidia-smi's figure: the driver keeps a few hundred MiB of the latter for itself.
 `usable_bytes` leaves `headroom` for the desktop's display and other processes.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
 DEFAULT_HEADROOM_MB = 512
 
-CARD_TOTAL_MIB = {
-    "rtx4070": 12282, "rtx3060": 12288, "rtx4060ti": 16380, "rtx4080": 16376, "rtx4090": 24564,
-    "t4": 15360, "l4": 23034, "a10g": 23028, "a100-40gb": 40960, "a100-80gb": 81920, "h100": 81559,
+
+@dataclass(frozen=True)
+class CardProfile:
+    """A retail/cloud card as the tool knows it."""
+    nvidia_smi_mib: int
+    """Total memory nvidia-smi shows (the driver's figure)."""
+    cuda_total_mib: int
+    """Total `torch.cuda.mem_get_info()` reports, i.e. what CUDA can allocate at most."""
+    compute_capability: tuple[int, int]
+    """(major, minor): picks the cuBLAS workspace size (constants.cublas_workspace_bytes)."""
+    source: str
+    """Where cuda_total_mib comes from: 'reported: ...' (a published torch figure) or 'computed: ...'."""
+
+
+# CUDA-visible totals. Reported figures: the Linux torch.cuda.mem_get_info() totals quoted in issue 13
+# from public reports (a 12 GB Ada card ~270 MiB below nvidia-smi, RTX 4090 ~357 MiB below,
+# A100-80GB ~800 MiB below). Every other card is COMPUTED: its nvidia-smi total minus the reported
+# reserve of the reported card of the nearest size (270 MiB up to 16 GB, 357 MiB for 24 GB,
+# 800 MiB for 40-80 GB, scaled by size above 80 GB). Unmeasured by this project:
+# bench/vram_accuracy.py prints the real figure of the card it runs on.
+CARDS = {
+    "rtx4070": CardProfile(12282, 12010, (8, 9), "reported: 12 GB Ada, 12,010 MiB (issue 13)"),
+    "rtx3060": CardProfile(12288, 12018, (8, 6), "computed: 12288 - 270 MiB (as the 12 GB Ada card)"),
+    "rtx4060ti": CardProfile(16380, 16110, (8, 9), "computed: 16380 - 270 MiB"),
+    "rtx4080": CardProfile(16376, 16106, (8, 9), "computed: 16376 - 270 MiB"),
+    "rtx4090": CardProfile(24564, 24207, (8, 9), "reported: nvidia-smi 24564 - 357 MiB (issue 13)"),
+    "t4": CardProfile(15360, 15090, (7, 5), "computed: 15360 - 270 MiB"),
+    "l4": CardProfile(23034, 22677, (8, 9), "computed: 23034 - 357 MiB (as the RTX 4090)"),
+    "a10g": CardProfile(23028, 22671, (8, 6), "computed: 23028 - 357 MiB (as the RTX 4090)"),
+    "a100-40gb": CardProfile(40960, 40160, (8, 0), "computed: 40960 - 800 MiB (as the A100-80GB)"),
+    "a100-80gb": CardProfile(81920, 81120, (8, 0), "reported: nvidia-smi 81920 - 800 MiB (issue 13)"),
+    "h100": CardProfile(81559, 80759, (9, 0), "computed: 81559 - 800 MiB (as the A100-80GB)"),
+    "h200": CardProfile(143771, 142365, (9, 0), "computed: 143771 - 800 MiB x 143771/81920"),
 }
+CARD_TOTAL_MIB = {name: p.cuda_total_mib for name, p in CARDS.items()}
+"""Card name -> CUDA-visible total in MiB (kept for callers of the earlier table)."""
 CARD_ALIASES = {"a100": "a100-40gb", "a100-40": "a100-40gb", "a100-80": "a100-80gb", "h100-80gb": "h100",
                 "4070": "rtx4070", "rtx-4070": "rtx4070", "4090": "rtx4090", "3060": "rtx3060"}
 
@@ -27,16 +62,26 @@ class CardError(ValueError):
 @dataclass(frozen=True)
 class Card:
     name: str
+    """The profile's name, the device's name (auto) or 'NGiB'."""
     total_bytes: int
+    """What this process can have on the card, its CUDA context included (CUDA-visible total, less
+    what other processes hold for `auto`)."""
     headroom_bytes: int = DEFAULT_HEADROOM_MB * MiB
+    """Kept free for the desktop and other processes."""
+    compute_capability: Optional[tuple[int, int]] = None
+    """(major, minor), None if unknown (a plain size): unknown takes the larger cuBLAS workspace."""
+    note: str = ""
+    """Where the total comes from, and for `auto` what else holds memory on the device."""
 
     @property
     def usable_bytes(self) -> int:
         return self.total_bytes - self.headroom_bytes
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.total_bytes / GiB:.2f} GiB total, {self.usable_bytes / GiB:.2f} GiB usable "
-                f"({self.headroom_bytes / MiB:.0f} MiB headroom)")
+        cc = f", sm_{self.compute_capability[0]}{self.compute_capability[1]}" if self.compute_capability else ""
+        text = (f"{self.name}: {self.total_bytes / GiB:.2f} GiB total as CUDA sees it{cc}, "
+                f"{self.usable_bytes / GiB:.2f} GiB usable ({self.headroom_bytes / MiB:.0f} MiB headroom)")
+        return f"{text}; {self.note}" if self.note else text
 
 
 def resolve_card(spec: str, headroom_mb: float = DEFAULT_HEADROOM_MB) -> Card:
@@ -46,37 +91,82 @@ def resolve_card(spec: str, headroom_mb: float = DEFAULT_HEADROOM_MB) -> Card:
     if headroom < 0:
         raise CardError(f"--headroom-mb: must be >= 0, got {headroom_mb}")
     if key == "auto":
-        name, total = detect_card()
-        return Card(name, total, headroom)
-    size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(gib|gb|g)?", key)
-    if size:
-        card = Card(f"{size.group(1)}GiB", int(float(size.group(1)) * GiB), headroom)
+        card = detect_card(headroom)
     else:
-        key = CARD_ALIASES.get(key, key)
-        if key not in CARD_TOTAL_MIB:
-            raise CardError(f"unknown card {spec!r}: use one of {', '.join(sorted(CARD_TOTAL_MIB))}, "
-                            f"'auto', or a size in GiB such as 12")
-        card = Card(key, CARD_TOTAL_MIB[key] * MiB, headroom)
+        size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(gib|gb|g)?", key)
+        if size:
+            card = Card(f"{size.group(1)}GiB", int(float(size.group(1)) * GiB), headroom)
+        else:
+            key = CARD_ALIASES.get(key, key)
+            if key not in CARDS:
+                raise CardError(f"unknown card {spec!r}: use one of {', '.join(sorted(CARDS))}, "
+                                f"'auto', or a size in GiB such as 12")
+            profile = CARDS[key]
+            card = Card(key, profile.cuda_total_mib * MiB, headroom, profile.compute_capability, profile.source)
     if card.usable_bytes <= 0:
         raise CardError(f"card {spec!r}: headroom {headroom_mb} MiB leaves no usable memory")
     return card
 
 
-def detect_card(index: int = 0) -> tuple[str, int]:
-    """(name, total bytes) of GPU `index`, read with pynvml; CardError if there is none."""
+def detect_card(headroom_bytes: int = DEFAULT_HEADROOM_MB * MiB) -> Card:
+    """The device this process will use (torch's current device, i.e. the first one
+    CUDA_VISIBLE_DEVICES leaves visible), sized by what is free on it now."""
+    try:
+        import torch
+        available = torch.cuda.is_available()
+    except Exception:  # a broken driver install raises instead of answering False
+        available = False
+    if not available:
+        raise CardError("--gpu auto: no NVIDIA GPU visible to torch (CUDA_VISIBLE_DEVICES="
+                        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); name a card such as rtx4070 "
+                        f"or a size in GiB")
+    device = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(device)
+    free, total = torch.cuda.mem_get_info(device)  # creates this process's context: it is in `total - free`
+    others = _other_processes(str(getattr(props, "uuid", "")))
+    return card_from_device_memory(props.name, total, free, (props.major, props.minor), headroom_bytes, others)
+
+
+def card_from_device_memory(name: str, total: int, free: int, compute_capability: tuple[int, int],
+                            headroom_bytes: int, others: Optional[list[tuple[int, int]]] = None) -> Card:
+    """A Card for a device with `total` CUDA-visible bytes of which `free` are free now, this process's
+    context already made. `others`: (pid, bytes) of the other processes NVML sees on it, or None if
+    NVML cannot say. What the others hold is taken off the total; this process's own context is not
+    (the estimate counts it)."""
+    from asl_ray.vram.constants import CUDA_CONTEXT_BYTES
+    held = max(0, total - free)
+    if others is None:
+        held_by_others = max(0, held - CUDA_CONTEXT_BYTES)
+        detail = (f"{held / MiB:.0f} MiB in use now, {held_by_others / MiB:.0f} MiB of it taken as other "
+                  f"processes' (this process's context assumed {CUDA_CONTEXT_BYTES / MiB:.0f} MiB; NVML unavailable)")
+    else:
+        held_by_others = min(held, sum(nbytes for _, nbytes in others))
+        listed = ", ".join(f"pid {pid} {nbytes / MiB:.0f} MiB" for pid, nbytes in others) or "none"
+        detail = f"other processes hold {held_by_others / MiB:.0f} MiB ({listed})"
+    note = f"CUDA total {total / MiB:.0f} MiB, free {free / MiB:.0f} MiB; {detail}"
+    return Card(name, total - held_by_others, headroom_bytes, tuple(compute_capability), note)
+
+
+def _other_processes(uuid: str) -> Optional[list[tuple[int, int]]]:
+    """(pid, bytes) of the compute processes other than this one on the device with this UUID (how NVML
+    and torch agree on a device whatever CUDA_VISIBLE_DEVICES renumbers); None if NVML cannot tell."""
     try:
         import pynvml
         pynvml.nvmlInit()
-    except Exception as e:
-        raise CardError(f"--gpu auto: no NVIDIA GPU found (NVML unavailable: {type(e).__name__}); "
-                        f"name a card such as rtx4070 or a size in GiB") from None
+    except Exception:
+        return None
     try:
-        if pynvml.nvmlDeviceGetCount() <= index:
-            raise CardError("--gpu auto: NVML sees no GPU; name a card such as rtx4070 or a size in GiB")
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        name = pynvml.nvmlDeviceGetName(handle)
-        name = name.decode() if isinstance(name, bytes) else name
-        return name, int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+        want = uuid.lower().removeprefix("gpu-")
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            found = pynvml.nvmlDeviceGetUUID(handle)
+            found = (found.decode() if isinstance(found, bytes) else found).lower().removeprefix("gpu-")
+            if want and found == want:
+                procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                return [(p.pid, int(p.usedGpuMemory or 0)) for p in procs if p.pid != os.getpid()]
+        return None
+    except Exception:
+        return None
     finally:
         pynvml.nvmlShutdown()
 

@@ -31,14 +31,27 @@ Method: trace the real pieces once, then replay them through a model of CUDA's c
 2. **Replay** (`asl_ray.vram.allocator`). The events are replayed through a model of the CUDA
    caching allocator (sizes rounded to 512 B; requests <= 1 MiB served from 2 MiB segments, larger
    ones from 20 MiB segments below 10 MiB, else from their size rounded to 2 MiB; best-fit reuse of
-   cached blocks, splitting and merging; nothing given back to the driver) in the loop's order:
-   setup, then three windows of two micro-batches. The first micro-batch is the traced one
-   (autograd's outputs become .grad); the second is derived from it with the gradients already there
-   (each incoming gradient is added in place and freed); then the boundary. So the worst case -
-   every sequence at `max_len`, gradients and optimizer state resident while a micro-batch's
-   activations are - is always covered, and the estimate does not depend on
-   `gradient_accumulation_steps`. The breakdown is taken at the moment of most live bytes; the
-   allocator overhead is the modelled `max_memory_reserved` minus those bytes.
+   cached blocks, splitting and merging; under a limit, free-and-retry: every wholly free cached
+   segment is released before a request fails) in the loop's order, windows of two micro-batches.
+   The first micro-batch of a window is the traced one (autograd's outputs become .grad); the second
+   is derived from it with the gradients already there (each incoming gradient is added in place and
+   freed); then the boundary. The estimate does not depend on `gradient_accumulation_steps`.
+   Two runs are replayed:
+   - *fixed*: setup, three windows with every sequence at `max_len` (the worst case; the breakdown
+     is taken from it at the moment of most live bytes, and its reserved peak minus those bytes is
+     the allocator's rounding and slack);
+   - *real sequence*: the padded lengths of the first micro-batches of an epoch in the order the
+     loop's sampler draws them (`asl_ray.vram.shapes`), then a window at `max_len`, the evaluation
+     pass (one batch of max(batch_size, 32) at max_len, inference), a window at `max_len`. Steps at
+     other lengths come from traces at max_len and at the ladder's lowest rung, interpolated per
+     tensor (computed, not traced: kernels that round the time axis to 16-64 rows are off by under
+     one block). What it reserves beyond the fixed run is the "fragmentation" line.
+   Two figures come out: the unconstrained reserved peak (what `max_memory_reserved` shows; with the
+   context beside it, what nvidia-smi shows) = `total_bytes`, and the least allocator limit under
+   which the real sequence runs with free-and-retry = `need_bytes`. "Fits" uses the second:
+   `fit_bytes` = need + context + compile kernels + `constants.FIT_MARGIN_FRACTION` of the need;
+   and, because whether the allocator runs is not monotone in its limit, the verdict
+   (`asl_ray.vram.fit.fits_within`) also replays the sequence capped at the card's own limit.
 3. **Fixed CUDA terms** (context, cuBLAS workspace sizes, torch.compile's kernels) are in
    `asl_ray.vram.constants`.
 
@@ -53,21 +66,23 @@ batch_size costs two traces). Results are cached in memory and on disk: a repeat
 a millisecond.
 
 Known error sources (none measured: there was no GPU when this was written):
-- The CUDA context and cuBLAS workspace sizes are published/default figures (constants.py). The
-  context depends on the driver, the card and the kernels loaded; it dominates small configs.
-- cuDNN and other kernels' internal workspaces are not seen (cudnn.benchmark may briefly try
-  algorithms with large workspaces, which then stay in the allocator's cache).
+- The CUDA context is a published figure (constants.py); it depends on the driver, the card and the
+  kernels loaded, and dominates small configs. cuBLAS workspaces follow PyTorch's per-architecture
+  default (an unknown card gets the larger, sm_90 one).
+- cuDNN: benchmark's trial workspaces (fp16 depthwise conv) raise `max_memory_reserved` up to what is
+  free but never the need, and are not in `total_bytes`; the chosen algorithm's run-time workspace is
+  bounded by `constants.CUDNN_RUNTIME_WORKSPACE_BYTES` (unmeasured).
 - The allocator model is a simplification: one stream, no garbage collection, no
   `expandable_segments`, addresses assumed increasing with each new segment. Its fragmentation steps
-  (a segment at a time) make the estimate only nearly monotone in batch size. A run close to the
-  card's limit frees cached blocks and retries instead of failing, so there the real need is lower
-  than the unconstrained `max_memory_reserved` this models (the estimate errs high).
+  (a segment at a time) make the estimate only nearly monotone in batch size; the least need assumes
+  that a larger limit never fails where a smaller one runs.
 - The memory-efficient attention scratch is a formula (block sizes 64x64 for head dims <= 64, 64x128
   above, no key splitting). Head dims not a multiple of 8 (fp16/bf16) or 4 (fp32) make CUDA fall back
   to the math path; the trace then keeps CPU's math path, close to but not exactly CUDA's.
 - `compile=True`: activations are traced eagerly; inductor's partitioner usually saves fewer, so this
   is an upper bound, and the extra for Triton kernels is a guess (constants.py).
-- Evaluation (inference at batch max(batch_size, 32)) is not estimated: the training step dominates.
+- The evaluation pass is replayed as one batch at max_len; an epoch's other lengths are sampled, not
+  the data's own (asl_ray/vram/shapes.py says why).
 """
 from __future__ import annotations
 
@@ -79,69 +94,25 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from asl_ray.config import TrainConfig
 from asl_ray.vram import constants
 from asl_ray.vram.allocator import (  # noqa: F401 (re-exported: importable from here as before the split)
-    REPLAYED_WINDOWS, CachingAllocatorModel, accumulation_window, replay_through_allocator)
-from asl_ray.vram.constants import MiB
+    REPLAYED_WINDOWS, AllocatorOutOfMemory, CachingAllocatorModel, ReplayPlan, accumulation_window,
+    least_need_bytes, replay, replay_through_allocator)
+from asl_ray.vram.constants import MiB  # noqa: F401 (importable from here as before)
 from asl_ray.vram.trace import (  # noqa: F401 (re-exported, as above)
-    ALLOC, FREE, GRAD_READY, Trace, _BatchTemplate, mem_efficient_backward_scratch_bytes,
+    ALLOC, FREE, GRAD_READY, Trace, _BatchTemplate, mem_efficient_backward_scratch_bytes, trace_evaluation,
     trace_training_step)
+from asl_ray.vram.result import PART_LABELS, PARTS, VramEstimate, _TRACED_PARTS  # noqa: F401 (re-exported)
+from asl_ray.vram.shapes import drawn_lengths
 
 log = logging.getLogger(__name__)
 
-ESTIMATOR_VERSION = 1
+ESTIMATOR_VERSION = 2
 """Bump when the method changes: cached estimates of other versions are ignored."""
-
-PART_LABELS = {
-    "parameters": "parameters + BN buffers (fp32)",
-    "gradients": "gradients (fp32)",
-    "optimizer_state": "optimizer state (+ Lookahead slow weights)",
-    "autocast_weight_copies": "mixed-precision weight copies",
-    "activations": "activations saved for backward",
-    "attention_and_temporaries": "attention scratch + temporaries",
-    "batch": "batch (features, mask, labels)",
-    "cublas_workspace": "cuBLAS/cuBLASLt workspaces",
-    "allocator_overhead": "caching allocator rounding/fragmentation",
-    "cuda_context": "CUDA context",
-    "torch_compile": "torch.compile kernels",
-}
-PARTS = tuple(PART_LABELS)
-_TRACED_PARTS = PARTS[:8]  # the parts the allocator replay sees; the rest are fixed terms
-
-
-@dataclass(frozen=True)
-class VramEstimate:
-    total_bytes: int
-    breakdown: dict[str, int]
-    """Bytes per part (keys in PARTS order); the parts sum to total_bytes."""
-    seconds: float
-    """Wall time this call took (a cached answer takes milliseconds)."""
-    method: str
-    cache: str = ""
-    """Where the answer came from: '' (computed by this call), 'memory' or 'disk'."""
-
-    @property
-    def total_mib(self) -> float:
-        return self.total_bytes / MiB
-
-    def table(self) -> str:
-        width = max(len(label) for label in PART_LABELS.values())
-        lines = []
-        for key, nbytes in self.breakdown.items():
-            share = 100.0 * nbytes / self.total_bytes if self.total_bytes else 0.0
-            lines.append(f"{PART_LABELS.get(key, key):<{width}}  {nbytes / MiB:>10.1f} MiB  {share:5.1f}%")
-        lines.append(f"{'total (peak, incl. context)':<{width}}  {self.total_mib:>10.1f} MiB")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"total_bytes": self.total_bytes, "breakdown": dict(self.breakdown), "seconds": self.seconds,
-                "method": self.method}
-
 
 # ================================================================================================
 # Public entry point and caching
@@ -153,18 +124,21 @@ _lock = threading.RLock()  # one trace at a time; the caches are shared
 _MAX_DISK_ENTRIES = 4096
 
 
-def estimate_peak_vram(cfg: TrainConfig, num_classes: int = 250) -> VramEstimate:
-    """Peak GPU memory (bytes, as max_memory_reserved + CUDA context) of a training step of `cfg`,
-    every sequence at max_len. Cached in memory and on disk by the config fields that matter."""
+def estimate_peak_vram(cfg: TrainConfig, num_classes: int = 250,
+                       compute_capability: Optional[tuple[int, int]] = None) -> VramEstimate:
+    """GPU memory of training `cfg` on a card of `compute_capability` (None: unknown): the
+    unconstrained peak (`total_bytes`, max_memory_reserved + CUDA context) and the least need under
+    free-and-retry (`need_bytes`, `fit_bytes()`, `fits()`). Cached in memory and on disk by the
+    config fields that matter."""
     started = time.perf_counter()
     if cfg.compile:
-        eager = estimate_peak_vram(dataclasses.replace(cfg, compile=False), num_classes)
-        return _with_compile_kernels(eager, time.perf_counter() - started)
-    key = cache_key(cfg, num_classes)
+        eager = estimate_peak_vram(dataclasses.replace(cfg, compile=False), num_classes, compute_capability)
+        return _with_compile_kernels(eager, cfg, time.perf_counter() - started)
+    key = cache_key(cfg, num_classes, compute_capability)
     with _lock:
         hit, where = _cached(key)
         if hit is None:
-            hit, where = _compute(cfg, num_classes), ""
+            hit, where = _compute(cfg, num_classes, compute_capability), ""
             _memory_cache[key] = hit
             _store_on_disk(key, hit)
     # A copy of the breakdown: the cached estimate must not change if a caller edits the dict.
@@ -172,11 +146,12 @@ def estimate_peak_vram(cfg: TrainConfig, num_classes: int = 250) -> VramEstimate
                                cache=where)
 
 
-def cache_key(cfg: TrainConfig, num_classes: int) -> str:
-    return json.dumps(_key_fields(cfg, num_classes), sort_keys=True, separators=(",", ":"))
+def cache_key(cfg: TrainConfig, num_classes: int, compute_capability: Optional[tuple[int, int]] = None) -> str:
+    return json.dumps(_key_fields(cfg, num_classes, compute_capability), sort_keys=True, separators=(",", ":"))
 
 
-def _key_fields(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+def _key_fields(cfg: TrainConfig, num_classes: int,
+                compute_capability: Optional[tuple[int, int]] = None) -> dict[str, Any]:
     """The fields the estimate depends on. Dropouts, clipping and smoothing matter only as on/off
     (they add or remove a saved tensor, never change its size)."""
     return {
@@ -186,9 +161,13 @@ def _key_fields(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
         "drop_path": cfg.drop_path > 0, "attn_dropout": cfg.attn_dropout > 0,
         "late_dropout": cfg.late_dropout > 0, "label_smoothing": cfg.label_smoothing > 0,
         "clip": cfg.gradient_clip_val > 0, "num_classes": int(num_classes), "version": ESTIMATOR_VERSION,
+        # The real shape sequence depends on these (shapes.py).
+        "pad_to": cfg.pad_to, "length_bucketing": cfg.length_bucketing,
+        "foreach_optimizer": cfg.foreach_optimizer, "compile_mode": cfg.compile_mode if cfg.compile else "",
         # A change to a constant (once measured on a GPU) must not be answered from the cache.
-        "cuda": [constants.CUDA_CONTEXT_BYTES, constants.CUBLAS_WORKSPACE_BYTES_PER_HANDLE,
-                 constants.CUBLASLT_WORKSPACE_BYTES_PER_HANDLE],
+        "cuda": [constants.CUDA_CONTEXT_BYTES, constants.cublas_workspace_bytes(compute_capability),
+                 constants.CUBLASLT_WORKSPACE_BYTES_PER_HANDLE, constants.CUDNN_RUNTIME_WORKSPACE_BYTES],
+        "cc": list(compute_capability) if compute_capability else None,
     }
 
 
@@ -197,6 +176,7 @@ def clear_memory_cache() -> None:
     global _disk_entries
     with _lock:
         _memory_cache.clear()
+        _runs_within.clear()
         _traces_by_shape.clear()
         _templates_by_shape.clear()
         _disk_entries = None
@@ -219,8 +199,10 @@ def _cached(key: str) -> tuple[Optional[VramEstimate], str]:
     if entry is None:
         return None, ""
     try:
+        cc = entry.get("compute_capability")
         hit = VramEstimate(int(entry["total_bytes"]), {k: int(v) for k, v in entry["breakdown"].items()},
-                           float(entry["seconds"]), str(entry["method"]))
+                           float(entry["seconds"]), str(entry["method"]), need_bytes=int(entry["need_bytes"]),
+                           compute_capability=tuple(int(c) for c in cc) if cc else None)
     except (KeyError, TypeError, ValueError):
         return None, ""  # a damaged entry is recomputed
     _memory_cache[key] = hit
@@ -268,12 +250,24 @@ def _store_on_disk(key: str, estimate: VramEstimate) -> None:
         log.debug("VRAM estimate cache not written to %s: %s", path, e)
 
 
-def _with_compile_kernels(eager: VramEstimate, seconds: float) -> VramEstimate:
+def _with_compile_kernels(eager: VramEstimate, cfg: TrainConfig, seconds: float) -> VramEstimate:
+    """torch.compile: eager activations (an upper bound) + Triton kernels (a constant). For
+    compile_mode 'reduce-overhead' (CUDA graphs, one per captured shape) a BOUND, not traced: each
+    shape the run can see (the ladder's rungs, or max_len) keeps static input buffers, at most the
+    max_len batch each; the graphs' private pool is taken as one step's non-persistent memory,
+    which the eager figure already counts (cudagraph trees share one pool across the graphs of a
+    tree). Counted in the need too: graph memory is not released by free-and-retry."""
     breakdown = dict(eager.breakdown)
-    breakdown["torch_compile"] = constants.TORCH_COMPILE_EXTRA_BYTES
-    return VramEstimate(sum(breakdown.values()), breakdown, seconds,
-                        eager.method + "; compile: eager activations (upper bound) + Triton kernels constant",
-                        eager.cache)
+    extra = constants.TORCH_COMPILE_EXTRA_BYTES
+    how = "compile: eager activations (upper bound) + Triton kernels constant"
+    if cfg.compile_mode == "reduce-overhead":
+        from asl_ray.data.ladder import length_ladder
+        shapes = 1 if cfg.pad_to == "max_len" else len(length_ladder(cfg.max_len))
+        extra += shapes * breakdown.get("batch", 0)
+        how += f" + CUDA graphs' static inputs for {shapes} shapes (bound)"
+    breakdown["torch_compile"] = extra
+    return VramEstimate(sum(breakdown.values()), breakdown, seconds, f"{eager.method}; {how}",
+                        eager.cache, eager.need_bytes, eager.compute_capability)
 
 
 # ================================================================================================
@@ -281,46 +275,118 @@ def _with_compile_kernels(eager: VramEstimate, seconds: float) -> VramEstimate:
 # ================================================================================================
 
 METHOD = ("FakeTensorMode trace (cpu) of the real model, optimizer and TrainStep with CUDA's "
-          "mem-efficient SDPA, one micro-batch + step, replayed as 3 windows of 2 micro-batches "
-          "through a CUDA caching-allocator model")
+          "mem-efficient SDPA, replayed through a CUDA caching-allocator model: 3 max_len windows of 2 "
+          "micro-batches (breakdown), and the real shape sequence + evaluation pass (fragmentation, "
+          "least need under free-and-retry)")
 
 
-def _compute(cfg: TrainConfig, num_classes: int) -> VramEstimate:
+def _compute(cfg: TrainConfig, num_classes: int,
+             compute_capability: Optional[tuple[int, int]] = None) -> VramEstimate:
     started = time.perf_counter()
-    trace, how = _trace_for(cfg, num_classes)
-    reserved, at_peak = replay_through_allocator(trace)
-    breakdown = {part: at_peak.get(part, 0) for part in _TRACED_PARTS}
-    breakdown["allocator_overhead"] = reserved - sum(breakdown.values())
+    workspace = constants.cublas_workspace_bytes(compute_capability)
+    top, how = _trace_for(cfg, num_classes, workspace)
+    compiled: dict = {}  # traces compiled once for all three replays
+    fixed = replay(ReplayPlan((top,) * (2 * REPLAYED_WINDOWS)), compiled=compiled)
+    plan, shapes = _real_sequence(cfg, num_classes, workspace, top)
+    sequence = replay(plan, compiled=compiled)
+    need = least_need_bytes(plan, sequence, compiled=compiled)
+    breakdown = {part: fixed.live_at_peak.get(part, 0) for part in _TRACED_PARTS}
+    breakdown["allocator_overhead"] = fixed.peak_reserved - sum(breakdown.values())
+    # The real sequence can reserve less than max_len throughout (never more live bytes): no negative line.
+    breakdown["fragmentation"] = max(0, sequence.peak_reserved - fixed.peak_reserved)
     breakdown["cuda_context"] = constants.CUDA_CONTEXT_BYTES
     breakdown["torch_compile"] = 0
-    return VramEstimate(sum(breakdown.values()), breakdown, time.perf_counter() - started, f"{METHOD} ({how})")
+    return VramEstimate(sum(breakdown.values()), breakdown, time.perf_counter() - started,
+                        f"{METHOD} ({how}; lengths {shapes})", need_bytes=need,
+                        compute_capability=tuple(compute_capability) if compute_capability else None)
+
+
+_runs_within: dict[tuple[str, int], bool] = {}
+
+
+def runs_within(cfg: TrainConfig, num_classes: int, compute_capability: Optional[tuple[int, int]],
+                limit_bytes: int) -> bool:
+    """Does the real shape sequence run with the caching allocator capped at `limit_bytes`
+    (free-and-retry included)? Asked at a card's own limit because the answer is NOT monotone in the
+    limit: a later first release can leave more segments split (measured on this model: dim 384,
+    depth 4, batch 163 runs at 9.8-10.2 GB, fails at 10.4-11.2 GB, runs from 11.4 GB), so a
+    bisected least need alone can name a limit that happens to run. Cached in memory."""
+    key = (cache_key(cfg, num_classes, compute_capability), int(limit_bytes))
+    with _lock:
+        if key not in _runs_within:
+            workspace = constants.cublas_workspace_bytes(compute_capability)
+            top, _ = _trace_for(dataclasses.replace(cfg, compile=False), num_classes, workspace)
+            plan, _ = _real_sequence(dataclasses.replace(cfg, compile=False), num_classes, workspace, top)
+            try:
+                replay(plan, limit_bytes)
+                _runs_within[key] = True
+            except AllocatorOutOfMemory:
+                _runs_within[key] = False
+        return _runs_within[key]
+
+
+def eval_batch_size(cfg: TrainConfig) -> int:
+    """The evaluation loader's batch size (train/loop.py `setup`)."""
+    return max(cfg.batch_size, 32)
+
+
+def _real_sequence(cfg: TrainConfig, num_classes: int, workspace: int, top: Trace) -> tuple[ReplayPlan, str]:
+    """The drawn micro-batches, a max_len window, the evaluation pass, a max_len window."""
+    lengths = drawn_lengths(cfg)
+    steps: dict[int, Trace] = {cfg.max_len: top}
+    if any(length != cfg.max_len for length in lengths):
+        from asl_ray.data.ladder import length_ladder
+        low_length = length_ladder(cfg.max_len)[0]  # fixed per shape: its batch-size template is reused
+        low, _ = _trace_for(cfg, num_classes, workspace, length=low_length)
+        template = _BatchTemplate.fit((cfg.max_len, top), (low_length, low), exact=False)
+        if template is None:  # the structure changed with the length: the worst case stands in
+            lengths = (cfg.max_len,) * len(lengths)
+        else:
+            steps[low_length] = low
+            for length in set(lengths) - set(steps):
+                steps[length] = template.at(length)
+    evaluation, _ = _trace_for(cfg, num_classes, workspace, kind="eval")
+    micro = tuple(steps[length] for length in lengths) + (top,) * 4
+    plan = ReplayPlan(micro, evaluation, eval_after_window=len(lengths) // 2 + 1)
+    return plan, "+".join(map(str, lengths)) + f", then {cfg.max_len} x2, eval, {cfg.max_len} x2"
 
 # ---- traces by shape ---------------------------------------------------------------------------
 # After two batch sizes of one shape, further ones come from a `_BatchTemplate` (trace.py) fitted to them.
 
-_MAX_SHAPES = 8
+_MAX_SHAPES = 24  # three traces (max_len, lowest rung, evaluation) per config shape
 _traces_by_shape: dict[str, tuple[int, "Trace"]] = {}  # shape -> (batch size, its trace)
 _templates_by_shape: dict[str, "_BatchTemplate"] = {}
 
 
-def _shape_key(cfg: TrainConfig, num_classes: int) -> str:
+def _shape_key(cfg: TrainConfig, num_classes: int, workspace: int, kind: str, length: int) -> str:
     fields = _key_fields(cfg, num_classes)
-    del fields["batch_size"], fields["compile"]
+    del fields["batch_size"], fields["compile"], fields["pad_to"], fields["length_bucketing"], fields["compile_mode"]
+    fields.update(workspace=workspace, kind=kind, length=length)
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
-def _trace_for(cfg: TrainConfig, num_classes: int) -> tuple["Trace", str]:
-    shape = _shape_key(cfg, num_classes)
+def _trace_for(cfg: TrainConfig, num_classes: int, workspace: int = constants.CUBLAS_WORKSPACE_BYTES_PER_HANDLE,
+               kind: str = "step", length: Optional[int] = None) -> tuple["Trace", str]:
+    """A training step (kind 'step', its batch padded to `length`) or an evaluation batch ('eval',
+    max_len) of `cfg`: traced, or from a template fitted to two traced batch sizes."""
+    length = length or cfg.max_len
+    batch = cfg.batch_size if kind == "step" else eval_batch_size(cfg)
+    shape = _shape_key(cfg, num_classes, workspace, kind, length)
     template = _templates_by_shape.get(shape)
     if template is not None:
-        return template.at(cfg.batch_size), "from 2 traced batch sizes"
-    trace = trace_training_step(cfg, num_classes)
+        return template.at(batch), "from 2 traced batch sizes"
     earlier = _traces_by_shape.get(shape)
-    if earlier is not None and earlier[0] != cfg.batch_size:
-        template = _BatchTemplate.fit(earlier, (cfg.batch_size, trace))
+    if earlier is not None and earlier[0] == batch:
+        return earlier[1], "traced"
+    if kind == "step":
+        trace = trace_training_step(cfg, num_classes, length, workspace)
+    else:
+        trace = trace_evaluation(cfg, num_classes, batch, length)
+    if earlier is not None:
+        template = _BatchTemplate.fit(earlier, (batch, trace))
         if template is not None:
             _remember(_templates_by_shape, shape, template)
-    _remember(_traces_by_shape, shape, (cfg.batch_size, trace))
+    _remember(_traces_by_shape, shape, (batch, trace))
     return trace, "traced"
 
 

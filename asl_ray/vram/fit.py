@@ -2,15 +2,29 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from asl_ray.config import TrainConfig
 from asl_ray.vram.cards import Card
-from asl_ray.vram.estimate import estimate_peak_vram
+from asl_ray.vram.estimate import estimate_peak_vram, runs_within
 
 
 def fits(cfg: TrainConfig, card: Card, num_classes: int = 250) -> bool:
-    """True if the estimated peak (context included) is within the card's usable memory."""
-    return estimate_peak_vram(cfg, num_classes).total_bytes <= card.usable_bytes
+    """The fit verdict for `card` (see `fits_within`)."""
+    return fits_within(cfg, card.usable_bytes, num_classes, card.compute_capability)[0]
+
+
+def fits_within(cfg: TrainConfig, usable_bytes: int, num_classes: int = 250,
+                compute_capability: Optional[tuple[int, int]] = None) -> tuple[bool, int]:
+    """(fits, the figure compared): the least need under the allocator's free-and-retry, plus the
+    context and the stated margin (`VramEstimate.fit_bytes`), is within `usable_bytes`, AND the real
+    shape sequence runs with the allocator capped where this card caps it (usable less context,
+    compile kernels and margin): the allocator's success is not monotone in its limit."""
+    est = estimate_peak_vram(cfg, num_classes, compute_capability)
+    if not est.fits(usable_bytes):
+        return False, est.fit_bytes()
+    limit = usable_bytes - est.fixed_bytes() - est.margin_bytes()
+    return runs_within(cfg, num_classes, compute_capability, limit), est.fit_bytes()
 
 
 def largest_batch_that_fits(cfg: TrainConfig, card: Card, low: int = 1, high: int = 512,

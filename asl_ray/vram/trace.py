@@ -73,8 +73,9 @@ _ITEM = torch.ops.aten._local_scalar_dense.default
 class _AllocationTracker(TorchDispatchMode):
     """Records each new storage an op returns and, by weak reference, when it is freed."""
 
-    def __init__(self) -> None:
+    def __init__(self, cublas_workspace_bytes: int = constants.CUBLAS_WORKSPACE_BYTES_PER_HANDLE) -> None:
         super().__init__()
+        self.cublas_workspace_bytes = cublas_workspace_bytes
         self.events: list[tuple[int, Any]] = []
         self.live: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._refs: list[weakref.ref] = []
@@ -129,7 +130,7 @@ class _AllocationTracker(TorchDispatchMode):
         if thread in self._cublas_handles:
             return
         self._cublas_handles.add(thread)
-        for nbytes in (constants.CUBLAS_WORKSPACE_BYTES_PER_HANDLE, constants.CUBLASLT_WORKSPACE_BYTES_PER_HANDLE):
+        for nbytes in (self.cublas_workspace_bytes, constants.CUBLASLT_WORKSPACE_BYTES_PER_HANDLE):
             if nbytes:
                 self.events.append((ALLOC, _Alloc(nbytes, "cublas_workspace")))
 
@@ -277,11 +278,14 @@ def _in_move_order(module: nn.Module) -> Iterator[torch.Tensor]:
     yield from (b for b in module._buffers.values() if b is not None)
 
 
-def _worst_case_batch(cfg: TrainConfig, num_classes: int):
+def _worst_case_batch(cfg: TrainConfig, num_classes: int, length: Optional[int] = None,
+                      batch_size: Optional[int] = None):
+    """A batch padded to `length` (default max_len) with every frame valid."""
     from asl_ray.data.dataset import Batch
-    x = torch.zeros(cfg.batch_size, cfg.max_len, NUM_FEATURE_CHANNELS)
-    mask = torch.ones(cfg.batch_size, cfg.max_len, dtype=torch.bool)
-    y = torch.zeros(cfg.batch_size, dtype=torch.long).clamp_(max=num_classes - 1)
+    length, batch_size = length or cfg.max_len, batch_size or cfg.batch_size
+    x = torch.zeros(batch_size, length, NUM_FEATURE_CHANNELS)
+    mask = torch.ones(batch_size, length, dtype=torch.bool)
+    y = torch.zeros(batch_size, dtype=torch.long).clamp_(max=num_classes - 1)
     return Batch(x, mask, y)
 
 
@@ -310,9 +314,11 @@ def _relabel_optimizer_state(optimizer: torch.optim.Optimizer, tracker: _Allocat
             tracker.relabel(value, _HOST if name == "step" else "optimizer_state")
 
 
-def trace_training_step(cfg: TrainConfig, num_classes: int = 250) -> Trace:
+def trace_training_step(cfg: TrainConfig, num_classes: int = 250, length: Optional[int] = None,
+                        cublas_workspace_bytes: int = constants.CUBLAS_WORKSPACE_BYTES_PER_HANDLE) -> Trace:
     """Run setup and one micro-batch that ends its window (forward, backward, unscale, clip, step,
-    zero_grad) of the real TrainStep under FakeTensorMode; return every allocation and free, labelled."""
+    zero_grad) of the real TrainStep under FakeTensorMode, its batch padded to `length` (default
+    max_len); return every allocation and free, labelled."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from asl_ray.model import GISLRModel
@@ -321,7 +327,7 @@ def trace_training_step(cfg: TrainConfig, num_classes: int = 250) -> Trace:
     from asl_ray.train.runtime import Runtime, make_grad_scaler
 
     cfg = dataclasses.replace(cfg, inject_oom_at_step=0, inject_nan_at_step=0, compile=False)
-    fake, tracker = FakeTensorMode(), _AllocationTracker()
+    fake, tracker = FakeTensorMode(), _AllocationTracker(cublas_workspace_bytes)
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(), \
             _forget_new_fake_dispatch_entries(FakeTensorMode):
         with fake:
@@ -341,7 +347,7 @@ def trace_training_step(cfg: TrainConfig, num_classes: int = 250) -> Trace:
             step = TrainStep(model, optimizer, scaler, runtime, cfg)
             window_start = len(tracker.events)
             tracker.start("batch")
-            step(_worst_case_batch(cfg, num_classes), 1, True)
+            step(_worst_case_batch(cfg, num_classes, length), 1, True)
             _relabel_optimizer_state(optimizer, tracker)
             for name in ("_scale", "_growth_tracker"):  # the loss scale (fp16 only): two scalars
                 tracker.relabel(getattr(scaler, name, None), "attention_and_temporaries")
@@ -359,6 +365,40 @@ def trace_training_step(cfg: TrainConfig, num_classes: int = 250) -> Trace:
     position = _alloc_positions(Trace(events, 0, 0))
     events = [e for part in (events[:ws], events[ws:bs], events[bs:]) for e in _canonical_free_order(part, position)]
     return Trace(events, ws, bs)
+
+
+def trace_evaluation(cfg: TrainConfig, num_classes: int, batch_size: int, length: Optional[int] = None) -> Trace:
+    """One batch of the loop's evaluation pass (train/loop.py `evaluate`: inference mode, autocast,
+    fp32 logits, summed loss) under FakeTensorMode: the allocations and frees of that batch only
+    (the parameters already exist), as a Trace whose events are all its window."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from asl_ray.model import GISLRModel
+    from asl_ray.train.runtime import Runtime
+
+    cfg = dataclasses.replace(cfg, inject_oom_at_step=0, inject_nan_at_step=0, compile=False)
+    fake, tracker = FakeTensorMode(), _AllocationTracker()
+    tracker._cublas_handles.update({"main", "autograd"})  # made by the training steps before it
+    runtime = Runtime(device=torch.device("cpu"), precision=cfg.precision, pin_memory=False)
+    with torch.random.fork_rng(devices=[]), _forget_new_fake_dispatch_entries(FakeTensorMode):
+        with fake:
+            model = GISLRModel.from_config(cfg, num_classes).eval()
+        with fake, tracker, _CudaAttentionRouting(), torch.inference_mode():
+            tracker.recording = False
+            for t in _in_move_order(model):
+                tracker.record(t, "parameters")
+            tracker.recording = True
+            tracker.start("forward")
+            batch = _worst_case_batch(cfg, num_classes, length, batch_size)
+            with runtime.autocast():
+                logits = model(batch.x, batch.mask).float()
+            loss = nn.CrossEntropyLoss(reduction="sum")(logits, batch.y)
+            del logits, loss, batch
+            tracker.recording = False
+            events = list(tracker.events)
+            tracker.release()
+    position = _alloc_positions(Trace(events, 0, 0))
+    return Trace(_canonical_free_order(events, position), 0, len(events))
 
 
 @contextlib.contextmanager
@@ -408,7 +448,10 @@ class _BatchTemplate:
         self.trace, self.intercept, self.slope = trace, intercept, slope
 
     @classmethod
-    def fit(cls, a: tuple[int, "Trace"], b: tuple[int, "Trace"]) -> Optional["_BatchTemplate"]:
+    def fit(cls, a: tuple[int, "Trace"], b: tuple[int, "Trace"], exact: bool = True) -> Optional["_BatchTemplate"]:
+        """`exact`: every size must be exactly affine (batch size); otherwise (lengths, where kernels
+        round the time axis up to 16, 32 or 64 rows) sizes between and beyond are interpolated and
+        rounded up to the next multiple of 512 B, the allocator's granule."""
         (batch_a, trace_a), (batch_b, trace_b) = a, b
         if (len(trace_a.events), trace_a.window_start, trace_a.boundary_start) != \
                 (len(trace_b.events), trace_b.window_start, trace_b.boundary_start):
@@ -430,7 +473,9 @@ class _BatchTemplate:
             if kind_a != ALLOC:
                 continue
             per_sample, rest = divmod(item_b.nbytes - item_a.nbytes, batch_b - batch_a)
-            if rest or per_sample < 0 or item_a.nbytes - per_sample * batch_a < 0:
+            if not exact:
+                per_sample = (item_b.nbytes - item_a.nbytes) / (batch_b - batch_a)
+            elif rest or per_sample < 0 or item_a.nbytes - per_sample * batch_a < 0:
                 return None
             intercept[id(item_a)] = item_a.nbytes - per_sample * batch_a
             slope[id(item_a)] = per_sample
@@ -441,8 +486,10 @@ class _BatchTemplate:
         events: list[tuple[int, Any]] = []
         for kind, item in self.trace.events:
             if kind == ALLOC:
-                new = _Alloc(self.intercept[id(item)] + self.slope[id(item)] * batch_size, item.part,
-                             item.by_accumulate_grad)
+                nbytes = self.intercept[id(item)] + self.slope[id(item)] * batch_size
+                if not isinstance(nbytes, int):
+                    nbytes = max(0, _round_up(int(-(-nbytes // 1)), 512))
+                new = _Alloc(nbytes, item.part, item.by_accumulate_grad)
                 renewed[id(item)] = new
                 events.append((ALLOC, new))
             elif kind == FREE:
