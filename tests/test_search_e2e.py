@@ -31,12 +31,22 @@ def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys)
     assert set(nan["status"]) == {"diverged"} and not nan["on_pareto_front"].any()  # never the best
     # The second baseline (64 x 512) is predicted not to fit 0.7 GiB: recorded, never launched.
     big = rejected[(rejected["batch_size"] == 64) & (rejected["max_len"] == 512)]
-    assert len(big) >= 1 and (big["predicted_peak_mb"] > 0.7 * 1024).all()
+    assert len(big) >= 1 and (big["predicted_total_mb"] > 0.7 * 1024).all()
     assert not ((launched["batch_size"] == 64) & (launched["max_len"] == 512)).any()
-    assert (launched["predicted_peak_mb"] <= 0.7 * 1024).all()
+    assert (launched["predicted_total_mb"] <= 0.7 * 1024).all()
+    assert (launched["predicted_reserved_mb"] < launched["predicted_total_mb"]).all()  # without the CUDA context
+    ran = launched[launched["status"].isin(["ok", "stopped"])]
+    assert (ran["rss_peak_mb"] > 0).all() and ran["cuda_max_reserved_mb"].isna().all()  # a CPU run: no CUDA figure
+    assert set(ran["precision_run"]) == {"fp32"}  # what the CPU ran, whatever was configured
+    assert (df.loc[df["status"] == "ok", "epochs_run"] == 2).all()
+    # Trial configs hold TrainConfig keys only (the predicted figure named every trial directory).
+    assert not [p.name for p in (root / "tune").iterdir() if "predicted" in p.name]
     assert len(list((root / "train").glob("trial-*"))) == len(launched)
 
     study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert study.metric_names == ["val_acc", "samples_per_s"]
+    assert all("/" not in name for t in study.trials for name in t.params)  # TrainConfig keys, as in the space
+    assert all(t.user_attrs.get("status") != "duplicate" and "ray_trial_id" in t.user_attrs for t in study.best_trials)
     by_state = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
     assert by_state.get("RUNNING", 0) == 0
     assert sum(1 for t in study.trials if t.user_attrs.get("status") == "rejected") == len(rejected)

@@ -32,7 +32,7 @@ def test_grid_sampler_visits_every_point_once(tmp_path):
         seen.append(tuple(sorted(trial.params.items())))
         study.tell(trial, [0.0, 0.0])
     assert len(set(seen)) == 48
-    expected = {tuple(sorted((f"train_loop_config/{k}", v) for k, v in p.items())) for p in space.grid()}
+    expected = {tuple(sorted(p.items())) for p in space.grid()}  # Optuna's params are the TrainConfig keys
     assert set(seen) == expected
 
 
@@ -60,13 +60,20 @@ def test_a_config_is_never_launched_twice(tmp_path):
     for i in range(space.grid_size()):
         config = search.suggest(f"t{i}")
         assert config is not None and config is not Searcher.FINISHED, i
+        assert list(config) == ["train_loop_config"]  # TrainConfig keys only: no predicted figure in the config
+        assert set(config["train_loop_config"]) == {"batch_size", "dim"}
         launched.append(config["train_loop_config"])
-        search.on_trial_complete(f"t{i}", {"val_acc": 0.1 * i, "samples_per_s": 10.0, "training_iteration": 2,
-                                           "feasible": True, "status": "ok"})
+        search.on_trial_complete(f"t{i}", {"val_acc": 0.1 * i, "samples_per_s": 10.0, "epochs_done": 2,
+                                           "training_iteration": 1, "feasible": True, "status": "ok"})
     assert len({tuple(sorted(c.items())) for c in launched}) == 4  # every grid point once, no repeat
     assert search.suggest("t-extra") is Searcher.FINISHED  # nothing new is left
     study = search._ot_study
     duplicates = [t for t in study.trials if t.user_attrs.get("status") == "duplicate"]
-    assert duplicates and all(t.state == optuna.trial.TrialState.COMPLETE for t in duplicates)
-    first = {t.user_attrs["ray_trial_id"]: t.values for t in study.trials if "ray_trial_id" in t.user_attrs}
-    assert all(t.values == first[t.user_attrs["duplicate_of"]] for t in duplicates)  # the first run's outcome
+    # A repeat never ran: PRUNED (no values), pointing at the run it repeats, never among the best trials.
+    assert duplicates and all(t.state == optuna.trial.TrialState.PRUNED and t.values is None for t in duplicates)
+    first = {t.user_attrs["ray_trial_id"]: t for t in study.trials if "ray_trial_id" in t.user_attrs}
+    assert all(first[t.user_attrs["duplicate_of"]].number == t.user_attrs["duplicate_of_number"]
+               and first[t.user_attrs["duplicate_of"]].params == t.params for t in duplicates)
+    # Told COMPLETE by the Train-side epoch count (2 of 2), although Tune's iteration said 1.
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in first.values())
+    assert {t.number for t in study.best_trials} <= {t.number for t in first.values()}

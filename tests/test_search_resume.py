@@ -1,5 +1,6 @@
-"""Interrupt a real search (SIGINT as Ctrl-C, or SIGKILL as a crash) after a trial finished, then --resume:
-nothing finished runs again, and the study has no duplicate or orphan trials."""
+"""Interrupt a real search (SIGINT as Ctrl-C, or SIGKILL as a crash) after a trial finished and while the next
+one is mid-fit, then --resume: nothing finished runs again, the interrupted trial continues from its Train
+checkpoint and ends ok with all its epochs, each counted once, and the study has no duplicate or orphan trials."""
 import signal
 import subprocess
 import sys
@@ -9,8 +10,12 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO, write_search_space
+
+EPOCHS = 6
+STEPS = 40  # a few seconds an epoch: the interrupt lands while the Train run is still training
 
 pytestmark = pytest.mark.slow
 
@@ -25,20 +30,50 @@ def _finished_trials(db: Path, name: str) -> list:
     return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("status") != "rejected"]
 
 
+def _mid_fit_trial(tune_dir: Path, finished: set) -> str:
+    """The Tune trial that has reported at least one epoch, with three or more still to run ('' if none)."""
+    for progress in tune_dir.glob("*/progress.csv"):
+        try:
+            rows = pd.read_csv(progress)
+        except Exception:  # empty, or being written
+            continue
+        if 0 < len(rows) <= EPOCHS - 3 and rows["trial_id"].iloc[0] not in finished:
+            return rows["trial_id"].iloc[0]
+    return ""
+
+
+def _space(tmp_path: Path) -> Path:
+    """Three configs that fit and train, no early stopping (grace period = epochs): the second one is
+    interrupted mid-fit."""
+    path = write_search_space(tmp_path / "space.yaml", trials=3, epochs=EPOCHS, grace_period=EPOCHS,
+                              max_steps_per_epoch=STEPS)
+    raw = yaml.safe_load(path.read_text())
+    raw["baselines"] = [{"batch_size": 8, "gradient_accumulation_steps": 2, "max_len": 32},
+                        {"batch_size": 16, "gradient_accumulation_steps": 1, "max_len": 32},
+                        {"batch_size": 8, "gradient_accumulation_steps": 1, "max_len": 32}]
+    path.write_text(f"# python -m asl_ray.search --space {path.name}\n" + yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root, synth_cache, tmp_path, stop):
-    space = write_search_space(tmp_path / "space.yaml", trials=3)
+    space = _space(tmp_path)
     cmd = [sys.executable, "-m", "asl_ray.search", "--space", str(space), "--data", str(synth_root),
            "--cache-dir", str(synth_cache.path.parent), "--storage-path", str(tmp_path / "runs"), "--name", "r"]
     root = tmp_path / "runs" / "r"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None and not _finished_trials(root / "optuna.db", "r"):
-            time.sleep(2)
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        if stop == signal.SIGKILL:
-            time.sleep(15)  # Tune saves the experiment's state every 10 s; a kill loses at most that
+        deadline, first_finished, mid_fit = time.time() + 600, None, ""
+        while time.time() < deadline and proc.poll() is None:
+            finished = {t.user_attrs["ray_trial_id"] for t in _finished_trials(root / "optuna.db", "r")}
+            first_finished = first_finished or (time.time() if finished else None)
+            # Tune saves the experiment's state every 10 s: a kill after that keeps the finished trial.
+            saved = first_finished and (stop != signal.SIGKILL or time.time() - first_finished > 11)
+            mid_fit = _mid_fit_trial(root / "tune", finished) if saved else ""
+            if mid_fit:
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None and mid_fit, (tmp_path / "first.log").read_text()[-3000:]
         proc.send_signal(stop)
         code = proc.wait(timeout=180)
         assert code == (130 if stop == signal.SIGINT else -signal.SIGKILL)  # Ctrl-C: said so, exit 130
@@ -67,3 +102,16 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root
     told = sorted(t.user_attrs["ray_trial_id"] for t in study.trials if "ray_trial_id" in t.user_attrs)
     assert told == sorted(launched["trial_id"])  # one Optuna trial per Tune trial: no failed twins
     assert (root / "best_config.yaml").exists() or not (launched["status"] == "ok").any()
+
+    # The trial interrupted mid-fit finished from its Train checkpoint: ok, every epoch, each once, one
+    # COMPLETE Optuna trial (Tune's own iteration count restarted at 1 on resume).
+    row = launched.set_index("trial_id").loc[mid_fit]
+    assert row["status"] == "ok" and row["epochs_run"] == EPOCHS, row.to_dict()
+    # Tune's progress.csv restarts with the trial: it holds the epochs after the resume, each once.
+    progress = pd.read_csv(next((root / "tune").glob(f"*{mid_fit}*/progress.csv")))
+    epochs = progress["epoch"].tolist()
+    assert epochs == list(range(EPOCHS - len(epochs), EPOCHS)) and len(epochs) < EPOCHS, epochs
+    assert (progress["epochs_done"] == progress["epoch"] + 1).all()
+    assert progress["training_iteration"].tolist() == list(range(1, len(epochs) + 1))  # Tune's count restarted
+    told = [t for t in study.trials if t.user_attrs.get("ray_trial_id") == mid_fit]
+    assert [t.state.name for t in told] == ["COMPLETE"] and told[0].user_attrs["epochs_done"] == EPOCHS

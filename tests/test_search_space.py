@@ -88,6 +88,24 @@ def _write(tmp_path, data):
     (lambda d: d.update(baselines={"a": 1}), "baselines: expected a list"),
     (lambda d: d.update(baselines=[3]), "baselines[0]: expected 'default'"),
     (lambda d: d.update(baselines=[{"batchsize": 8}]), "baselines[0]: "),
+    # The budget owns these: a fixed or searched value would silently override it.
+    (lambda d: d.update(fixed={"epochs": 9}), "fixed.epochs: set by budget.epochs"),
+    (lambda d: d.update(fixed={"max_steps_per_epoch": 3}), "fixed.max_steps_per_epoch: set by budget.max_steps_per_epoch"),
+    (lambda d: d["params"].update(epochs={"type": "int", "low": 1, "high": 4}), "params.epochs: set by budget.epochs"),
+    (lambda d: d["params"].update(max_steps_per_epoch={"type": "categorical", "choices": [2, 4]}),
+     "params.max_steps_per_epoch: set by budget.max_steps_per_epoch"),
+    # NaN and inf fail no comparison: each float of the file is checked to be finite.
+    (lambda d: d.update(headroom_mb=float("nan")), "headroom_mb: must be a finite number, got nan"),
+    (lambda d: d.update(headroom_mb=float("inf")), "headroom_mb: must be a finite number, got inf"),
+    (lambda d: d["params"].update(lr_per_64={"type": "float", "low": float("nan"), "high": 1e-3}),
+     "params.lr_per_64.low: must be a finite number, got nan"),
+    (lambda d: d["params"].update(lr_per_64={"type": "float", "low": 1e-4, "high": float("inf")}),
+     "params.lr_per_64.high: must be a finite number, got inf"),
+    (lambda d: d["params"].update(lr_per_64={"type": "float", "low": 1e-4, "high": 1e-3, "step": float("nan")}),
+     "params.lr_per_64.step: expected a positive number, got nan"),
+    (lambda d: d["params"].update(late_dropout={"type": "categorical", "choices": [0.1, float("nan")]}),
+     "params.late_dropout.choices: nan is not a finite number"),
+    (lambda d: d.update(fixed={"lr_per_64": float("-inf")}), "fixed.lr_per_64: must be a finite number, got -inf"),
 ])
 def test_bad_files_fail_naming_file_key_and_problem(tmp_path, mutate, needle):
     data = yaml.safe_load(yaml.safe_dump(GOOD))
@@ -114,3 +132,17 @@ def test_several_problems_are_reported_together(tmp_path):
     with pytest.raises(SpaceError) as e:
         load_space(_write(tmp_path, data))
     assert "sampler" in str(e.value) and "budget.trials" in str(e.value)
+
+
+def test_a_nan_in_the_space_file_is_one_line_and_exit_2(tmp_path, synth_root, capsys):
+    import ray
+
+    from asl_ray.search.__main__ import main as search_main
+    from conftest import expect_bad_input
+    path = tmp_path / "nan.yaml"  # YAML's own spelling of NaN, as a user would write it
+    path.write_text("budget: {trials: 2, epochs: 1}\nheadroom_mb: .nan\n"
+                    "params: {lr_per_64: {type: float, low: 1.0e-4, high: .inf}}\n")
+    err = expect_bad_input(search_main, capsys, "--space", str(path), "--data", str(synth_root))
+    assert "nan.yaml" in err and "headroom_mb: must be a finite number" in err
+    assert "params.lr_per_64.high: must be a finite number" in err
+    assert not ray.is_initialized()

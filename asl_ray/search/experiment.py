@@ -18,20 +18,19 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from asl_ray.config import TrainConfig
-from asl_ray.search.report import PARAM_COLUMNS, TEST_HOOK_COLUMNS
 from asl_ray.search.driver import DRIVER_CPUS, TrialSettings, train_driver_fn
-from asl_ray.search.searcher import FitAwareOptunaSearch, fail_unfinished_trials
+from asl_ray.search.searcher import (EPOCHS_DONE, TRAIN_LOOP_CONFIG, FitAwareOptunaSearch, epochs_done,
+                                     fail_unfinished_trials)
 from asl_ray.search.space import SearchSpace
 from asl_ray.vram.cards import Card
 
 log = logging.getLogger(__name__)
 TUNE_DIR, TRAIN_DIR, STUDY_FILE = "tune", "train", "optuna.db"
-ROW_CONFIG_KEYS = PARAM_COLUMNS + TEST_HOOK_COLUMNS
-PROGRESS_PARAMS = {"train_loop_config/batch_size": "batch", "train_loop_config/gradient_accumulation_steps": "accum",
-                   "train_loop_config/dim": "dim", "train_loop_config/max_len": "max_len",
-                   "train_loop_config/precision": "dtype"}
-PROGRESS_METRICS = {"val_acc": "acc", "samples_per_s": "samples/s", "peak_memory_mb": "peak MB",
-                    "status": "status", "training_iteration": "epochs"}
+MiB = 2 ** 20
+PROGRESS_METRICS = {"val_acc": "acc", "samples_per_s": "samples/s", "cuda_max_reserved_mb": "CUDA reserved MB",
+                    "rss_peak_mb": "host RSS MB", "precision": "ran", "status": "status", EPOCHS_DONE: "epochs"}
+OUTSIDE_ALLOCATOR = ("cuda_context", "torch_compile")
+"""Estimate parts that `torch.cuda.max_memory_reserved` does not see (the context, kernel images)."""
 
 
 @dataclass(frozen=True)
@@ -42,10 +41,11 @@ class VramPredictor:
     num_classes: int
 
     def __call__(self, values: dict) -> tuple[bool, int]:
-        from asl_ray.vram.estimate import estimate_peak_vram
+        from asl_ray.vram.fit import fits_within
         cfg = TrainConfig.from_dict({**self.base, **values}, source="sampled config")
-        peak = estimate_peak_vram(cfg, self.num_classes).total_bytes
-        return peak <= self.usable_bytes, peak
+        # The verdict: least need under the allocator's free-and-retry + context + margin, and a replay
+        # capped at this card's limit (vram/fit.py).
+        return fits_within(cfg, self.usable_bytes, self.num_classes)
 
 
 @dataclass(frozen=True)
@@ -98,21 +98,22 @@ def _scheduler(exp: Experiment):
         return FIFOScheduler()
     # stop_last_trials=False: a trial that reaches max_t finishes its fit() instead of being torn down
     # mid-teardown (which leaks its worker placement group until Train's cleaner notices).
-    return ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max", max_t=b.epochs,
+    return ASHAScheduler(time_attr=EPOCHS_DONE, metric="val_acc", mode="max", max_t=b.epochs,
                          grace_period=b.grace_period, reduction_factor=b.reduction_factor, stop_last_trials=False)
 
 
 def _run_config(exp: Experiment) -> tune.RunConfig:
     from ray.tune import CLIReporter
-    reporter = CLIReporter(parameter_columns=PROGRESS_PARAMS, metric_columns=PROGRESS_METRICS, max_report_frequency=30)
+    params = {f"{TRAIN_LOOP_CONFIG}/{name}": name for name in exp.space.param_names()}
+    reporter = CLIReporter(parameter_columns=params, metric_columns=PROGRESS_METRICS, max_report_frequency=30)
     return tune.RunConfig(name=TUNE_DIR, storage_path=str(exp.root.resolve()), progress_reporter=reporter,
                           verbose=1, failure_config=tune.FailureConfig(max_failures=0))
 
 
 def run(exp: Experiment, resume: bool) -> Any:
     """Run (or finish, with resume) the experiment; returns Tune's ResultGrid."""
-    # The classic progress table honours our columns (batch, accum, dim, max_len, dtype, acc, samples/s,
-    # peak memory, status); Tune's newer output ignores the reporter.
+    # The classic progress table honours our columns (the searched keys, acc, samples/s, memory, the
+    # precision run, status, epochs); Tune's newer output ignores the reporter.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Save the experiment's state at least every 10 s (it is small): a killed driver loses little.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
@@ -133,6 +134,17 @@ def run(exp: Experiment, resume: bool) -> Any:
     return grid
 
 
+def stopped_in_flight(grid, exp: Experiment) -> list[str]:
+    """Trials Tune stopped because the search was interrupted. Tune marks them TERMINATED with their
+    last epoch's result (its saved state keeps them RUNNING, so --resume continues them), but it never
+    told the searcher: their Optuna trials are still RUNNING. Errored trials are not among them."""
+    study = optuna.load_study(study_name=exp.study_name, storage=exp.storage_url())
+    untold = {t.user_attrs.get("ray_trial_id")
+              for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    return [r.metrics["trial_id"] for r in grid
+            if r.error is None and r.metrics and r.metrics.get("trial_id") in untold]
+
+
 def close_study(exp: Experiment) -> int:
     """After a search that ran to its end: trials that never finished are told FAIL (see searcher)."""
     study = optuna.load_study(study_name=exp.study_name, storage=exp.storage_url())
@@ -148,13 +160,41 @@ def result_rows(grid, exp: Experiment) -> list[dict[str, Any]]:
     return rows
 
 
+def row_config_keys(space: SearchSpace) -> list[str]:
+    """The searched keys (the space's own names), and the configured precision beside the one run."""
+    names = space.param_names()
+    return names + [k for k in ("precision",) if k not in names]
+
+
+def predicted_memory(cfg: TrainConfig, num_classes: int) -> dict[str, float]:
+    """Both predictions, labelled: the allocator's peak (what `max_memory_reserved` measures, no CUDA
+    context) and the total with the context (what the fit check compares with the card)."""
+    from asl_ray.vram.estimate import estimate_peak_vram
+    estimate = estimate_peak_vram(cfg, num_classes)  # cached: the searcher estimated it already
+    outside = sum(estimate.breakdown.get(part, 0) for part in OUTSIDE_ALLOCATOR)
+    return {"predicted_reserved_mb": (estimate.total_bytes - outside) / MiB,
+            "predicted_total_mb": estimate.total_bytes / MiB}
+
+
+def _column_max(history, name: str) -> float:
+    if history is None or name not in history or history[name].isna().all():
+        return float("nan")
+    return float(history[name].max())
+
+
+def _precision_run(history, metrics: dict) -> str:
+    """What the Runtime ran (fp32 on a CPU asked for fp16); an OOM's last result does not say."""
+    if history is not None and "precision" in history and history["precision"].notna().any():
+        return str(history["precision"].dropna().iloc[-1])
+    return str(metrics.get("precision", ""))
+
+
 def _trial_row(result, exp: Experiment) -> dict[str, Any]:
-    config = result.config
-    values = dict(config["train_loop_config"])
+    values = dict(result.config[TRAIN_LOOP_CONFIG])
     cfg = TrainConfig.from_dict({**exp.space.base_config().to_dict(), **values})
     m = dict(result.metrics or {})
     history = result.metrics_dataframe
-    epochs_run = int(m.get("training_iteration", 0))
+    epochs_run = epochs_done(m)
     if result.error is not None:
         status = "error"
     elif m.get("status") in ("oom", "diverged"):
@@ -163,18 +203,24 @@ def _trial_row(result, exp: Experiment) -> dict[str, Any]:
         status = "stopped"
     else:
         status = "ok"
-    peak = float(history["peak_memory_mb"].max()) if history is not None and "peak_memory_mb" in history else float("nan")
+    # Tune's wall time of the trial's last attempt: a trial resumed without a Tune checkpoint starts
+    # Tune's clock and progress.csv again (the Train-side loop_seconds covers every epoch).
+    seconds = (float(history["time_this_iter_s"].sum()) if history is not None and "time_this_iter_s" in history
+               else m.get("time_total_s", float("nan")))
     return {
         "trial_id": m.get("trial_id", Path(result.path).name), "status": status,
         "feasible": status in ("ok", "stopped"),
-        **{k: getattr(cfg, k) for k in ROW_CONFIG_KEYS},
+        **{k: getattr(cfg, k) for k in row_config_keys(exp.space)}, "precision_run": _precision_run(history, m),
         "effective_batch": cfg.effective_batch_size(), "epochs_run": epochs_run,
         "val_acc": m.get("val_acc", float("nan")), "samples_per_s": m.get("samples_per_s", float("nan")),
-        "steps_per_s": m.get("steps_per_s", float("nan")), "peak_memory_mb": peak,
-        "predicted_peak_mb": config.get("predicted_peak_mb", float("nan")),
+        "steps_per_s": m.get("steps_per_s", float("nan")),
+        "cuda_max_reserved_mb": _column_max(history, "cuda_max_reserved_mb"),
+        "cuda_max_allocated_mb": _column_max(history, "cuda_max_allocated_mb"),
+        **predicted_memory(cfg, exp.num_classes),
+        "rss_peak_mb": _column_max(history, "rss_peak_mb"),
         "device": m.get("device", ""), "node_id": m.get("node_id", ""), "hostname": m.get("hostname", ""),
-        "trial_seconds": m.get("time_total_s", float("nan")),
-        "loop_seconds": float(history["epoch_seconds"].sum()) if history is not None and "epoch_seconds" in history else float("nan"),
+        "trial_seconds": seconds,
+        "loop_seconds": m.get("loop_seconds_total", float("nan")),
         "error": str(result.error).splitlines()[0][:200] if result.error else m.get("error", ""),
     }
 
@@ -186,10 +232,9 @@ def _rejected_rows(exp: Experiment) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("status") != "rejected":
             continue
-        values = {k.split("/", 1)[1]: v for k, v in t.params.items()}
-        cfg = TrainConfig.from_dict({**base, **values})
+        cfg = TrainConfig.from_dict({**base, **t.params})
         rows.append({"trial_id": f"optuna-{t.number}", "status": "rejected", "feasible": False,
-                     **{k: getattr(cfg, k) for k in ROW_CONFIG_KEYS},
+                     **{k: getattr(cfg, k) for k in row_config_keys(exp.space)}, "precision_run": "",
                      "effective_batch": cfg.effective_batch_size(), "epochs_run": 0,
-                     "predicted_peak_mb": t.user_attrs.get("predicted_peak_mb", float("nan"))})
+                     **predicted_memory(cfg, exp.num_classes)})
     return rows

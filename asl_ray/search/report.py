@@ -11,8 +11,14 @@ import pandas as pd
 from asl_ray.config import TrainConfig
 
 SELECT_RULES = ("fastest-within-margin", "most-accurate", "fastest")
-PARAM_COLUMNS = ["batch_size", "gradient_accumulation_steps", "dim", "depth", "max_len", "precision", "lr_per_64"]
-TEST_HOOK_COLUMNS = ["inject_oom_at_step", "inject_nan_at_step"]
+MEMORY_COLUMNS = ["cuda_max_reserved_mb", "predicted_reserved_mb", "predicted_total_mb", "rss_peak_mb"]
+"""Like with like, each labelled: measured `max_memory_reserved` (CUDA only, NaN on CPU) beside the
+predicted allocator peak (no CUDA context); the predicted total with the context (the fit check's
+figure); host RSS (never GPU memory)."""
+MEMORY_LEGEND = ("cuda_max_reserved_mb: measured torch.cuda.max_memory_reserved (NaN on CPU); "
+                 "predicted_reserved_mb: predicted allocator peak, no CUDA context; "
+                 "predicted_total_mb: predicted total with the CUDA context (compared with the card); "
+                 "rss_peak_mb: host process RSS, not GPU memory.")
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class Selection:
 
 def trials_frame(rows: Sequence[dict]) -> pd.DataFrame:
     df = pd.DataFrame(list(rows))
-    for col in ("val_acc", "samples_per_s", "peak_memory_mb", "predicted_peak_mb"):
+    for col in ("val_acc", "samples_per_s", *MEMORY_COLUMNS):
         if col not in df:
             df[col] = float("nan")
     df["on_pareto_front"] = pareto_mask(df)
@@ -67,8 +73,10 @@ def select_best(df: pd.DataFrame, selection: Selection) -> Optional[pd.Series]:
     return close.sort_values(["samples_per_s", "val_acc"], ascending=False).iloc[0]
 
 
-def write_best_config(best: pd.Series, base: TrainConfig, path: Path, data_hint: str) -> TrainConfig:
-    values = {k: _plain(best[k]) for k in PARAM_COLUMNS if k in best and pd.notna(best[k])}
+def write_best_config(best: pd.Series, base: TrainConfig, path: Path, data_hint: str,
+                      param_names: Sequence[str]) -> TrainConfig:
+    """`param_names`: the space's searched keys (whatever they are): the rest is the space's base."""
+    values = {k: _plain(best[k]) for k in param_names if k in best and pd.notna(best[k])}
     cfg = base.with_overrides(values, source="best trial")
     cfg.to_yaml(path, header=f"# python -m asl_ray.train --data {data_hint} --config {path}\n"
                              f"# Chosen by the search (trial {best['trial_id']}); add --epochs N to train longer.")
@@ -79,7 +87,7 @@ def _plain(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def plot_pareto(df: pd.DataFrame, path: Path, usable_mb: float, title: str) -> None:
+def plot_pareto(df: pd.DataFrame, path: Path, usable_mb: float, title: str, param_names: Sequence[str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -92,7 +100,7 @@ def plot_pareto(df: pd.DataFrame, path: Path, usable_mb: float, title: str) -> N
     ax.scatter(ok["samples_per_s"], ok["val_acc"], c="tab:blue", label="finished")
     ax.plot(front["samples_per_s"], front["val_acc"], "o-", c="tab:red", label="Pareto front")
     for _, r in front.iterrows():
-        ax.annotate(f"b{r['batch_size']}x{r['gradient_accumulation_steps']} d{r['dim']} L{r['max_len']}",
+        ax.annotate(" ".join(f"{k}={_plain(r[k])}" for k in param_names if k in r),
                     (r["samples_per_s"], r["val_acc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("training throughput (samples/s)")
     ax.set_ylabel("validation accuracy (held-out signers)")
@@ -100,10 +108,10 @@ def plot_pareto(df: pd.DataFrame, path: Path, usable_mb: float, title: str) -> N
     ax.legend(fontsize=8)
 
     infeasible = ~df["feasible"].astype(bool)
-    ax2.scatter(range(len(df)), df["predicted_peak_mb"], c=["tab:red" if x else "tab:green" for x in infeasible])
+    ax2.scatter(range(len(df)), df["predicted_total_mb"], c=["tab:red" if x else "tab:green" for x in infeasible])
     ax2.axhline(usable_mb, color="black", ls="--", lw=1, label=f"usable on the card ({usable_mb:.0f} MiB)")
     ax2.set_xlabel("config (rejected and OOM in red)")
-    ax2.set_ylabel("predicted peak VRAM (MiB)")
+    ax2.set_ylabel("predicted total VRAM incl. CUDA context (MiB)")
     ax2.set_title("VRAM fit")
     ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -122,5 +130,15 @@ def comparison_text(best: pd.Series, reference: Optional[pd.Series]) -> str:
     ratio = best["samples_per_s"] / reference["samples_per_s"] if reference["samples_per_s"] else float("nan")
     return (f"Against the seed's default config (trial {reference['trial_id']}): throughput x{ratio:.2f} "
             f"({best['samples_per_s']:.1f} vs {reference['samples_per_s']:.1f} samples/s), accuracy "
-            f"{best['val_acc'] - reference['val_acc']:+.4f} ({best['val_acc']:.4f} vs {reference['val_acc']:.4f}), "
-            f"peak memory {best['peak_memory_mb']:.0f} vs {reference['peak_memory_mb']:.0f} MiB.")
+            f"{best['val_acc'] - reference['val_acc']:+.4f} ({best['val_acc']:.4f} vs {reference['val_acc']:.4f}); "
+            f"memory: {memory_text(best)} vs {memory_text(reference)}.")
+
+
+def memory_text(row: pd.Series) -> str:
+    """The row's memory figures, each named for what it is (no CUDA figure exists for a CPU run)."""
+    measured = row.get("cuda_max_reserved_mb", float("nan"))
+    device = (f"measured max_memory_reserved {measured:.0f} MiB" if pd.notna(measured)
+              else "no CUDA measurement (not run on a GPU)")
+    return (f"{device}, predicted allocator peak {row['predicted_reserved_mb']:.0f} MiB "
+            f"(predicted total with CUDA context {row['predicted_total_mb']:.0f} MiB), "
+            f"host RSS {row['rss_peak_mb']:.0f} MiB")

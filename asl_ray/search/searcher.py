@@ -8,7 +8,12 @@ a FAILED trial would be ignored by TPE, which would keep sampling there.
 
 Results reach Optuna as: finished trials -> COMPLETE (last epoch's accuracy and throughput);
 trials an OOM or a divergence ended -> COMPLETE with a positive constraint; trials the scheduler
-stopped early -> PRUNED (a partial accuracy must not reach the Pareto front); crashed -> FAIL.
+stopped early -> PRUNED (a partial accuracy must not reach the Pareto front); crashed -> FAIL;
+a repeat of a launched config (never run) -> PRUNED with user attr `duplicate_of`.
+
+The study reads as optuna-dashboard shows it: objectives named (`set_metric_names`), parameters
+under their TrainConfig names (Tune's `train_loop_config/` nesting is added and removed here, at the
+boundary), and only trials that ran in `best_trials`.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import itertools
 import logging
 import random
 import time
+import warnings
 from typing import Any, Callable, Optional
 
 import optuna
@@ -29,8 +35,13 @@ log = logging.getLogger(__name__)
 
 METRICS = ["val_acc", "samples_per_s"]
 MODES = ["max", "max"]
-CONFIG_PREFIX = "train_loop_config/"
+TRAIN_LOOP_CONFIG = "train_loop_config"  # Tune's config key of the TorchTrainer's loop config
 INFEASIBLE = "infeasible"  # the constraint's key: > 0 means the config does not fit / failed
+EPOCHS_DONE = "epochs_done"
+"""Epochs the Train run has completed, counted on the Train side (train/worker.py's RayReporter): a
+trial restored without a Tune checkpoint restarts Tune's `training_iteration` at 1 while its Train run
+continues from its checkpoint, so ASHA's time attribute, the ok/stopped split and Optuna's
+COMPLETE/PRUNED all use this count."""
 MAX_CONSECUTIVE_REJECTIONS = 500
 MAX_CONSECUTIVE_DUPLICATES = 20
 MAX_GRID_POINTS = 200_000  # untried points considered for a converged sampler
@@ -39,7 +50,7 @@ MAX_GRID_POINTS = 200_000  # untried points considered for a converged sampler
 def optuna_distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
     out = {}
     for p in space.params:
-        name = CONFIG_PREFIX + p.name
+        name = p.name
         if p.type == "categorical":
             out[name] = CategoricalDistribution(list(p.choices))
         elif p.type == "int":
@@ -63,12 +74,16 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     for the deprecated `constraints_func`); the grid sampler visits every grid point once, in an order
     shuffled by the seed (the exhaustive baseline of bench/search_efficiency.py)."""
     if space.sampler == "grid":
-        grid = {CONFIG_PREFIX + p.name: p.grid_values() for p in space.params}
+        grid = {p.name: p.grid_values() for p in space.params}
         return AskTellGridSampler(grid, seed=space.seed)
     if space.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=space.seed)
     return optuna.samplers.TPESampler(seed=space.seed, multivariate=True,
                                       n_startup_trials=min(10, max(2, space.budget.trials // 4)))
+
+
+def epochs_done(result: dict) -> int:
+    return int(result.get(EPOCHS_DONE, 0))
 
 
 def config_key(values: dict) -> tuple:
@@ -79,11 +94,17 @@ class FitAwareOptunaSearch(OptunaSearch):
     """OptunaSearch + VRAM rejection in `suggest`, constraints, PRUNED for early-stopped trials, and no
     config launched twice.
 
-    `predict(values) -> (fits, predicted_peak_bytes)` is called on every sampled config.
+    `predict(values) -> (fits, predicted_bytes)` is called on every sampled config; the figure is kept
+    as the Optuna trial's user attr `predicted_fit_mb`, never in the trial's config (which holds
+    TrainConfig keys only: it is what `get_best_config()` returns and what names trial directories).
 
     Duplicates: on a discrete space TPE proposes configs it already ran (2 of 12 trials in the smoke
-    search). A repeat is never launched: Optuna is told the first run's outcome again (or PRUNED while
-    that run is unfinished or was stopped early), and a new config is sampled. After
+    search). A repeat is never launched: it is told PRUNED (the outcome of a run that did not happen;
+    COMPLETE with the first run's values made it a second best trial in `study.best_trials` and
+    optuna-dashboard) with user attrs `duplicate_of` (the Ray trial) and `duplicate_of_number` (its
+    Optuna trial), and a new config is sampled. TPE counts a PRUNED trial without intermediate values
+    among its worst, which steers it off the repeat; a repeat of an infeasible config keeps the
+    positive constraint. After
     `MAX_CONSECUTIVE_DUPLICATES` repeats in a row, an untried point of the space's grid is enqueued, so
     a converged sampler still spends the trial budget on something new.
     """
@@ -91,21 +112,23 @@ class FitAwareOptunaSearch(OptunaSearch):
     def __init__(self, space: SearchSpace, predict: Callable[[dict], tuple[bool, int]], storage, study_name: str,
                  max_epochs: int):
         super().__init__(space=optuna_distributions(space), metric=METRICS, mode=MODES,
-                         points_to_evaluate=[{CONFIG_PREFIX + k: v for k, v in b.items()} for b in space.baselines],
+                         points_to_evaluate=[dict(b) for b in space.baselines],
                          sampler=make_sampler(space), storage=storage, study_name=study_name)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still so in 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(METRICS)  # optuna-dashboard's objective names
         self._predict = predict
         self._max_epochs = max_epochs
         self._space_spec = space
         self._untried_grid: Optional[list[tuple]] = None  # built when first needed
         self._launched: dict[tuple, str] = {}  # config -> the Tune trial that runs it
-        self._outcomes: dict[tuple, tuple] = {}  # config -> (values, state, infeasible) told to Optuna
+        self._infeasible: dict[tuple, float] = {}  # config -> the constraint its run was told
         self.rejected: list[dict[str, Any]] = []
 
     def suggest(self, trial_id: str) -> Optional[dict]:
         duplicates = 0
         for _ in range(MAX_CONSECUTIVE_REJECTIONS):
-            config = super().suggest(trial_id)
-            values = config["train_loop_config"]
+            values = super().suggest(trial_id)  # the Optuna params: TrainConfig keys
             key = config_key(values)
             if key in self._launched:
                 self._skip_duplicate(trial_id, key)
@@ -117,12 +140,11 @@ class FitAwareOptunaSearch(OptunaSearch):
             started = time.perf_counter()
             fits, peak = self._predict(values)
             ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("predicted_peak_mb", peak / 2 ** 20)
+            ot_trial.set_user_attr("predicted_fit_mb", peak / 2 ** 20)
             if fits:
                 self._launched[key] = trial_id
                 ot_trial.set_user_attr("ray_trial_id", trial_id)
-                config["predicted_peak_mb"] = peak / 2 ** 20
-                return config
+                return {TRAIN_LOOP_CONFIG: values}
             self._reject(trial_id, values, peak, time.perf_counter() - started)
         log.warning("every one of %d sampled configs was predicted not to fit; stopping the search",
                     MAX_CONSECUTIVE_REJECTIONS)
@@ -134,18 +156,20 @@ class FitAwareOptunaSearch(OptunaSearch):
         ot_trial.set_user_attr(INFEASIBLE, 1.0)
         ot_trial.set_constraint(INFEASIBLE, 1.0)
         self._ot_study.tell(ot_trial, [0.0, 0.0], state=optuna.trial.TrialState.COMPLETE)
-        self.rejected.append({**values, "predicted_peak_mb": peak / 2 ** 20, "status": "rejected",
+        self.rejected.append({**values, "predicted_fit_mb": peak / 2 ** 20, "status": "rejected",
                               "feasible": False, "optuna_trial": ot_trial.number, "reject_seconds": seconds})
         log.info("rejected without launching (predicted %.0f MiB): %s", peak / 2 ** 20, values)
 
     def _skip_duplicate(self, trial_id: str, key: tuple) -> None:
         ot_trial = self._ot_trials.pop(trial_id)
+        first = self._launched[key]
         ot_trial.set_user_attr("status", "duplicate")
-        ot_trial.set_user_attr("duplicate_of", self._launched[key])
-        values, state, infeasible = self._outcomes.get(key, (None, optuna.trial.TrialState.PRUNED, None))
-        if infeasible is not None:
-            ot_trial.set_constraint(INFEASIBLE, infeasible)
-        self._ot_study.tell(ot_trial, values, state=state)
+        ot_trial.set_user_attr("duplicate_of", first)
+        if first in self._ot_trials:
+            ot_trial.set_user_attr("duplicate_of_number", self._ot_trials[first].number)
+        if key in self._infeasible:
+            ot_trial.set_constraint(INFEASIBLE, self._infeasible[key])
+        self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
         log.info("not launched again (already trial %s): %s", self._launched[key], dict(key))
 
     def _enqueue_untried(self) -> bool:
@@ -156,20 +180,20 @@ class FitAwareOptunaSearch(OptunaSearch):
         while self._untried_grid:
             key = self._untried_grid.pop()
             if key not in self._launched:
-                self._ot_study.enqueue_trial({CONFIG_PREFIX + k: v for k, v in key}, skip_if_exists=True)
+                self._ot_study.enqueue_trial(dict(key), skip_if_exists=True)
                 return True
         return False
 
-    def _remember(self, trial_id: str, values, state, infeasible: Optional[float]) -> None:
+    def _remember(self, trial_id: str, infeasible: Optional[float]) -> None:
         for key, launched_as in self._launched.items():
-            if launched_as == trial_id:
-                self._outcomes[key] = (values, state, infeasible)
+            if launched_as == trial_id and infeasible is not None:
+                self._infeasible[key] = infeasible
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        for key in ("oom", "status", "epoch", "training_iteration", "peak_memory_mb", "oom_step"):
+        for key in ("oom", "status", EPOCHS_DONE, "precision", "cuda_max_reserved_mb", "rss_peak_mb", "oom_step"):
             if result and key in result:
                 ot_trial.set_user_attr(key, result[key])
         if error or not result:
@@ -182,7 +206,7 @@ class FitAwareOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr(INFEASIBLE, 1.0)
             ot_trial.set_constraint(INFEASIBLE, 1.0)
             self._tell(trial_id, [0.0, 0.0], optuna.trial.TrialState.COMPLETE, infeasible=1.0)
-        elif result.get("training_iteration", 0) < self._max_epochs:
+        elif epochs_done(result) < self._max_epochs:
             self._tell(trial_id, None, optuna.trial.TrialState.PRUNED)  # stopped early by the scheduler
         else:
             ot_trial.set_user_attr(INFEASIBLE, 0.0)
@@ -191,7 +215,7 @@ class FitAwareOptunaSearch(OptunaSearch):
                        infeasible=0.0)
 
     def _tell(self, trial_id: str, values, state, infeasible: Optional[float] = None) -> None:
-        self._remember(trial_id, values, state, infeasible)
+        self._remember(trial_id, infeasible)
         try:
             self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
         except Exception as e:  # e.g. a NaN value: the study keeps going, the trial table shows it

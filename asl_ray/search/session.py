@@ -40,7 +40,7 @@ class SearchPlan:
 
 
 def run_search(plan: SearchPlan) -> int:
-    from asl_ray.search.experiment import Experiment, close_study, result_rows, run
+    from asl_ray.search.experiment import Experiment, close_study, result_rows, run, stopped_in_flight
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"target: {plan.card.describe()}")
     print(f"space: {plan.space.path} ({plan.trials} trials, {plan.space.budget.epochs} epochs each, "
@@ -51,7 +51,7 @@ def run_search(plan: SearchPlan) -> int:
                      concurrency=plan.concurrency, cpus_per_trial=plan.cpus_per_trial,
                      max_failures=plan.max_failures)
     grid = run(exp, resume=plan.resume)
-    if was_interrupted(grid):
+    if was_interrupted(grid) or stopped_in_flight(grid, exp):
         print(f"\nsearch interrupted: finished trials, checkpoints and the study are kept in {plan.root}.\n"
               f"Finish it with: python -m asl_ray.search --name {plan.root.name} "
               f"--storage-path {plan.root.parent} --resume")

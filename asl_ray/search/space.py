@@ -19,6 +19,7 @@ This module does not import Ray.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -32,6 +33,8 @@ SAMPLERS = ("tpe", "nsga2", "grid")
 SCHEDULERS = ("asha", "fifo")
 TOP_KEYS = ("gpu", "headroom_mb", "sampler", "scheduler", "seed", "budget", "fixed", "params", "baselines")
 REPO_ROOT = Path(__file__).resolve().parents[2]
+BUDGET_OWNED_KEYS = ("epochs", "max_steps_per_epoch")
+"""TrainConfig keys every trial takes from `budget` (ASHA's max_t, the per-epoch cap): never fixed or searched."""
 
 
 class SpaceError(ValueError):
@@ -114,6 +117,10 @@ class SearchSpace:
         extra = {"epochs": self.budget.epochs, "max_steps_per_epoch": self.budget.max_steps_per_epoch}
         return TrainConfig().with_overrides({**extra, **self.fixed}, source=f"{self.path}: fixed")
 
+    def param_names(self) -> list[str]:
+        """The searched TrainConfig keys, in the file's order: the parameter columns of every result."""
+        return [p.name for p in self.params]
+
     def config_for(self, values: Mapping[str, Any]) -> TrainConfig:
         return self.base_config().with_overrides(values, source=f"{self.path}: params")
 
@@ -193,6 +200,9 @@ def _number(v: Any, key: str, problems: list[str], minimum: Optional[float] = No
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         problems.append(f"{key}: expected a number, got {v!r}")
         return 0.0
+    if not math.isfinite(v):
+        problems.append(f"{key}: must be a finite number, got {v!r}")
+        return 0.0
     if minimum is not None and v < minimum:
         problems.append(f"{key}: must be >= {minimum}, got {v!r}")
     return float(v)
@@ -237,7 +247,12 @@ def _fixed(raw: Any, problems: list[str]) -> dict[str, Any]:
         return {}
     for k in sorted(set(raw) - set(FIELD_NAMES)):
         problems.append(f"fixed.{k}: not a TrainConfig key")
-    return {k: v for k, v in raw.items() if k in FIELD_NAMES}
+    for k in sorted(set(raw) & set(BUDGET_OWNED_KEYS)):
+        problems.append(f"fixed.{k}: set by budget.{k}, not here")
+    for k, v in raw.items():
+        if _not_finite(v):
+            problems.append(f"fixed.{k}: must be a finite number, got {v!r}")
+    return {k: v for k, v in raw.items() if k in FIELD_NAMES and k not in BUDGET_OWNED_KEYS}
 
 
 def _params(raw: Any, fixed: Mapping[str, Any], problems: list[str]) -> tuple[Param, ...]:
@@ -249,6 +264,9 @@ def _params(raw: Any, fixed: Mapping[str, Any], problems: list[str]) -> tuple[Pa
         key = f"params.{name}"
         if name not in FIELD_NAMES:
             problems.append(f"{key}: not a TrainConfig key")
+            continue
+        if name in BUDGET_OWNED_KEYS:
+            problems.append(f"{key}: set by budget.{name}, not searched")
             continue
         if name in fixed:
             problems.append(f"{key}: also in fixed; a key is either searched or fixed")
@@ -274,6 +292,9 @@ def _param(name: str, spec: Any, key: str, problems: list[str]) -> Optional[Para
         if not isinstance(choices, list) or not choices:
             problems.append(f"{key}.choices: expected a non-empty list, got {choices!r}")
             return None
+        for c in choices:
+            if _not_finite(c):
+                problems.append(f"{key}.choices: {c!r} is not a finite number")
         if len(set(map(repr, choices))) != len(choices):
             problems.append(f"{key}.choices: duplicates in {choices!r}")
         expected = _FIELD_KIND[name]
@@ -293,12 +314,16 @@ def _param(name: str, spec: Any, key: str, problems: list[str]) -> Optional[Para
         if isinstance(v, bool) or not isinstance(v, number):
             problems.append(f"{key}.{arg}: expected a{'n int' if kind == 'int' else ' number'}, got {v!r}")
             ok = False
+        elif _not_finite(v):
+            problems.append(f"{key}.{arg}: must be a finite number, got {v!r}")
+            ok = False
     log = spec.get("log", False)
     if not isinstance(log, bool):
         problems.append(f"{key}.log: expected true or false, got {log!r}")
         ok = False
     step = spec.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, number) or step <= 0):
+    if step is not None and (isinstance(step, bool) or not isinstance(step, number) or _not_finite(step)
+                             or step <= 0):
         problems.append(f"{key}.step: expected a positive number, got {step!r}")
         ok = False
     if not ok:
@@ -313,6 +338,11 @@ def _param(name: str, spec: Any, key: str, problems: list[str]) -> Optional[Para
         problems.append(f"{key}: Optuna does not take step together with log")
         return None
     return Param(name, kind, low=low, high=high, log=log, step=step)
+
+
+def _not_finite(v: Any) -> bool:
+    """NaN passes every comparison check (`low > high`, `step <= 0`), so each float is tested on its own."""
+    return isinstance(v, float) and not math.isfinite(v)
 
 
 def _value_matches(v: Any, expected: type) -> bool:

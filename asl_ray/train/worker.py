@@ -29,7 +29,11 @@ KILL_GRACE_SECONDS = 6.0
 
 
 class RayReporter:
-    """ray.train.report per epoch; the checkpoint comes from rank 0 only."""
+    """ray.train.report per epoch; the checkpoint comes from rank 0 only.
+
+    Every report carries `epochs_done`, the epochs this Train run has completed: after a resume the run
+    continues from its checkpoint while Tune's `training_iteration` starts again at 1, so the search
+    counts epochs with this (ASHA's time attribute, ok/stopped, Optuna's COMPLETE/PRUNED)."""
 
     def __init__(self, kill_at_epoch: int = 0):
         self.kill_at_epoch = kill_at_epoch  # fault injection (tests): 0 never kills
@@ -41,7 +45,11 @@ class RayReporter:
             # a real crash comes long after it, test epochs are very short).
             time.sleep(KILL_GRACE_SECONDS)
             os.kill(os.getpid(), signal.SIGKILL)
-        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}  # where the worker ran
+        # node_id: where the worker ran. The loop's "epoch" counts from 0. The checkpoint's history holds
+        # every epoch of the run, those before a resume too (Tune's own files restart with the trial).
+        metrics = {**metrics, "epochs_done": metrics["epoch"] + 1,
+                   "loop_seconds_total": sum(h.get("epoch_seconds", 0.0) for h in checkpoint.get("history", [])),
+                   "node_id": ray.get_runtime_context().get_node_id()}
         if ray.train.get_context().get_world_rank() == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(checkpoint, Path(tmp))
@@ -55,7 +63,8 @@ class RayReporter:
         if result["status"] != "ok":
             # Tune's scheduler and the searcher need every metric in every result: an infeasible
             # run scores zero on both objectives (the searcher also marks it with a constraint).
-            ray.train.report({"val_acc": 0.0, "samples_per_s": 0.0, **result,
+            # "epoch" is the one that failed, so it is also the number of epochs completed.
+            ray.train.report({"val_acc": 0.0, "samples_per_s": 0.0, **result, "epochs_done": result["epoch"],
                               "node_id": ray.get_runtime_context().get_node_id()})
 
 

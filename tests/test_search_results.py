@@ -1,0 +1,76 @@
+"""From Tune results to trials.parquet, best_config.yaml and report.md, without a cluster: the parameter
+columns are the space's own keys (any TrainConfig key, e.g. kernel_size), epochs are counted on the Train
+side, and every memory figure is labelled for what it is (measured CUDA, predicted with/without the CUDA
+context, host RSS), beside the precision configured and the one that ran.
+
+The inputs are real `ray.tune.Result` objects as Tune builds them from a trial (metrics + progress.csv
+rows); a resumed trial's progress.csv holds the rows of both attempts, Tune's iteration restarting at 1."""
+import math
+
+import optuna
+import pandas as pd
+import yaml
+from ray.tune import Result
+
+from asl_ray.search import report
+from asl_ray.search.experiment import Experiment, result_rows
+from asl_ray.search.session import SearchPlan, write_results
+from asl_ray.search.space import load_space
+from asl_ray.vram.cards import resolve_card
+
+
+def _space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({
+        "gpu": 0.7, "headroom_mb": 0, "budget": {"trials": 2, "epochs": 2, "max_steps_per_epoch": 2},
+        "fixed": {"depth": 1, "dim": 32, "max_len": 32, "precision": "fp16", "num_workers": 0},
+        "params": {"kernel_size": {"type": "categorical", "choices": [3, 5]},
+                   "batch_size": {"type": "categorical", "choices": [8, 16]}}}))
+    return load_space(path)
+
+
+def _result(tmp_path, trial_id, values, accs, iterations, seconds):
+    epochs = [{"epoch": i, "val_acc": a, "samples_per_s": 100.0 + 10 * i, "rss_peak_mb": 500.0 + i,
+               "precision": "fp32", "epochs_done": i + 1, "training_iteration": it, "time_this_iter_s": s,
+               "epoch_seconds": s - 1, "status": "ok", "feasible": True}
+              for i, (a, it, s) in enumerate(zip(accs, iterations, seconds))]
+    last = {**epochs[-1], "trial_id": trial_id, "time_total_s": seconds[-1], "device": "cpu",
+            "loop_seconds_total": sum(s - 1 for s in seconds),  # the Train side's, every epoch of the run
+            "config": {"train_loop_config": values}}
+    return Result(metrics=last, checkpoint=None, error=None, path=str(tmp_path / "tune" / trial_id),
+                  metrics_dataframe=pd.DataFrame(epochs))
+
+
+def test_results_use_the_space_keys_train_side_epochs_and_labelled_memory(tmp_path, capsys):
+    space = _space(tmp_path)
+    root = tmp_path / "runs" / "r"
+    root.mkdir(parents=True)
+    exp = Experiment(space=space, card=resolve_card("0.7", 0), root=root, cache_path=tmp_path / "cache",
+                     num_classes=10, trials=2, emulate=False)
+    optuna.create_study(study_name="r", storage=exp.storage_url(), directions=["maximize", "maximize"])
+    grid = [  # "a" was resumed after its first epoch: Tune's iteration restarted at 1
+        _result(tmp_path, "a", {"kernel_size": 5, "batch_size": 8}, [0.4, 0.6], [1, 1], [3.0, 4.0]),
+        _result(tmp_path, "b", {"kernel_size": 3, "batch_size": 16}, [0.3, 0.5], [1, 2], [2.0, 2.0])]
+    df = report.trials_frame(result_rows(grid, exp))
+    rows = df.set_index("trial_id")
+    assert list(rows["status"]) == ["ok", "ok"] and list(rows["epochs_run"]) == [2, 2]
+    assert rows.loc["a", "trial_seconds"] == 7.0 and rows.loc["a", "loop_seconds"] == 5.0
+    assert list(rows["kernel_size"]) == [5, 3]
+    assert set(rows["precision"]) == {"fp16"} and set(rows["precision_run"]) == {"fp32"}  # CPU ran fp32
+    assert rows["cuda_max_reserved_mb"].isna().all()  # no CUDA figure on a CPU run
+    assert list(rows["rss_peak_mb"]) == [501.0, 501.0]
+    assert (rows["predicted_total_mb"] > rows["predicted_reserved_mb"]).all()  # the context is in the total only
+    assert "peak_memory_mb" not in df and "predicted_peak_mb" not in df
+
+    plan = SearchPlan(space=space, card=exp.card, root=root, cache=None, data=tmp_path / "data", trials=2,
+                      resume=False, selection=report.Selection("most-accurate"), emulate=False, address=None,
+                      num_cpus=None, dashboard=False, dashboard_host="127.0.0.1", dashboard_port=8265)
+    write_results(df, plan)
+    saved = pd.read_parquet(root / "trials.parquet")
+    assert {"kernel_size", "batch_size", "precision_run", *report.MEMORY_COLUMNS} <= set(saved)
+    best = yaml.safe_load((root / "best_config.yaml").read_text())
+    assert best["kernel_size"] == 5 and best["batch_size"] == 8 and best["epochs"] == 2
+    text = (root / "report.md").read_text()
+    assert "precision fp16 (ran fp32)" in text and "no CUDA measurement" in text and "host RSS 501 MiB" in text
+    assert "predicted total with CUDA context" in text and report.MEMORY_LEGEND in text
+    assert "kernel_size" in text and not math.isnan(saved["predicted_reserved_mb"].iloc[0])
