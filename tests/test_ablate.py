@@ -11,14 +11,14 @@ from asl_ray.ablate.flops import PEAK_TFLOPS, count_flops_per_sample, datasheet_
 from asl_ray.ablate.loader_rate import LoaderRate, loader_margin, loader_text, measure_loader_with_workers
 from asl_ray.ablate.measure import measurement_config, warmup_batches
 from asl_ray.ablate.report import MEMORY_LEGEND
-from asl_ray.ablate.results import paired_ratios, predicted_reserved_mib, spread, verdict
+from asl_ray.ablate.results import paired_ratios, spread, verdict
 from asl_ray.ablate.variants import ablations_for, select
 from asl_ray.config import TrainConfig
 from conftest import expect_bad_input, tiny_config
 
 SEED_DEFAULT_VARIANTS = ["fp32", "bf16", "accum=1", "compile=on", "cudnn.benchmark=off", "pinned+non_blocking=off",
                          "workers=0", "workers=2", "empty_cache=every50", "pad=max_len", "bucketing=on",
-                         "foreach_optimizer=on", "features_on_device=on", "persistent_workers=on"]
+                         "pad=ladder", "compile+ladder", "compile=reduce-overhead", "foreach_optimizer=on", "features_on_device=on", "persistent_workers=on"]
 
 
 def test_every_ablation_of_the_seed_default_changes_one_optimisation():
@@ -31,10 +31,13 @@ def test_every_ablation_of_the_seed_default_changes_one_optimisation():
         if a.name == "accum=1":  # batch x accumulation move together: the effective batch stays
             assert changed == {"batch_size", "gradient_accumulation_steps"}
             assert cfg.effective_batch_size() == base.effective_batch_size() and cfg.gradient_accumulation_steps == 1
+        elif a.name.startswith("compile+") or a.name == "compile=reduce-overhead":  # compile's static-shape modes
+            assert changed <= {"compile", "compile_mode", "pad_to"} and cfg.compile and cfg.pad_to == "ladder"
         else:
             assert changed == set(a.overrides) and len(changed) == 1, a.name
     assert {a.name for a in ablations if a.needs_cuda} == {"fp32", "bf16", "cudnn.benchmark=off",
-                                                            "pinned+non_blocking=off", "empty_cache=every50"}
+                                                            "pinned+non_blocking=off", "empty_cache=every50",
+                                                            "compile=reduce-overhead"}
     assert {a.name for a in ablations if a.claim} == {"fp32", "compile=on"}
 
 
@@ -156,11 +159,12 @@ def test_loader_with_workers_runs_real_worker_processes(synth_cache):
 
 
 def test_predicted_reserved_leaves_out_what_the_allocator_never_holds():
+    from asl_ray.vram.result import VramEstimate
     mib = 2 ** 20
     breakdown = {"parameters": 100 * mib, "activations": 300 * mib, "allocator_overhead": 50 * mib,
                  "cuda_context": 500 * mib, "torch_compile": 128 * mib}
-    assert predicted_reserved_mib(1078 * mib, breakdown) == 450.0
-    assert predicted_reserved_mib(450 * mib, {"parameters": 450 * mib}) == 450.0
+    est = VramEstimate(total_bytes=1078 * mib, breakdown=breakdown, seconds=0.0, method="test")
+    assert est.reserved_peak_bytes() == 450 * mib
 
 
 def test_tiny_cpu_ablation_writes_table_json_and_chart(synth_root, synth_cache, tmp_path, capsys):

@@ -31,9 +31,9 @@ def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys)
     assert set(nan["status"]) == {"diverged"} and not nan["on_pareto_front"].any()  # never the best
     # The second baseline (64 x 512) is predicted not to fit 0.7 GiB: recorded, never launched.
     big = rejected[(rejected["batch_size"] == 64) & (rejected["max_len"] == 512)]
-    assert len(big) >= 1 and (big["predicted_total_mb"] > 0.7 * 1024).all()
+    assert len(big) >= 1 and (big["predicted_fit_mb"] > 0.7 * 1024).all()
     assert not ((launched["batch_size"] == 64) & (launched["max_len"] == 512)).any()
-    assert (launched["predicted_total_mb"] <= 0.7 * 1024).all()
+    assert (launched["predicted_fit_mb"] <= 0.7 * 1024).all()
     assert (launched["predicted_reserved_mb"] < launched["predicted_total_mb"]).all()  # without the CUDA context
     ran = launched[launched["status"].isin(["ok", "stopped"])]
     assert (ran["rss_peak_mb"] > 0).all() and ran["cuda_max_reserved_mb"].isna().all()  # a CPU run: no CUDA figure

@@ -60,6 +60,7 @@ def test_results_use_the_space_keys_train_side_epochs_and_labelled_memory(tmp_pa
     assert rows["cuda_max_reserved_mb"].isna().all()  # no CUDA figure on a CPU run
     assert list(rows["rss_peak_mb"]) == [501.0, 501.0]
     assert (rows["predicted_total_mb"] > rows["predicted_reserved_mb"]).all()  # the context is in the total only
+    assert (rows["predicted_fit_mb"] > 0).all()  # the verdict's figure, beside the two peaks
     assert "peak_memory_mb" not in df and "predicted_peak_mb" not in df
 
     plan = SearchPlan(space=space, card=exp.card, root=root, cache=None, data=tmp_path / "data", trials=2,
@@ -72,5 +73,5 @@ def test_results_use_the_space_keys_train_side_epochs_and_labelled_memory(tmp_pa
     assert best["kernel_size"] == 5 and best["batch_size"] == 8 and best["epochs"] == 2
     text = (root / "report.md").read_text()
     assert "precision fp16 (ran fp32)" in text and "no CUDA measurement" in text and "host RSS 501 MiB" in text
-    assert "predicted total with CUDA context" in text and report.MEMORY_LEGEND in text
+    assert "with CUDA context" in text and "fit figure" in text and report.MEMORY_LEGEND in text
     assert "kernel_size" in text and not math.isnan(saved["predicted_reserved_mb"].iloc[0])

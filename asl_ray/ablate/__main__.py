@@ -22,7 +22,7 @@ from asl_ray.ablate.flops import count_flops_per_sample, datasheet_peak_tflops, 
 from asl_ray.ablate.loader_rate import (loader_margin, loader_text, measure_loader_one_core,
                                        measure_loader_with_workers)
 from asl_ray.ablate.measure import measure
-from asl_ray.ablate.results import NEEDS_GPU, VariantRuns, predicted_reserved_mib, row
+from asl_ray.ablate.results import NEEDS_GPU, VariantRuns, row
 from asl_ray.ablate.variants import BASE_CLAIM, ablations_for, select
 from asl_ray.cli import OneLineParser, add_config_arguments, fail, open_data_or_fail, parse_overrides
 from asl_ray.config import ConfigError, TrainConfig
@@ -144,7 +144,7 @@ def _predict(variants: list[VariantRuns], base: TrainConfig, num_classes: int) -
         cfg = v.ablation.config(base) if v.ablation else base
         try:
             estimate = estimate_peak_vram(cfg, num_classes)
-            v.predicted_reserved_mb = predicted_reserved_mib(estimate.total_bytes, estimate.breakdown)
+            v.predicted_reserved_mb = estimate.reserved_peak_bytes() / 2 ** 20
             v.predicted_with_context_mb = estimate.total_bytes / 2 ** 20
         except Exception as e:  # the estimate is a side column; a failure must not cost the measurements
             print(f"VRAM estimate for {v.name} failed: {type(e).__name__}: {e}")

@@ -10,15 +10,6 @@ from asl_ray.ablate.variants import Ablation
 
 NEEDS_GPU = "needs GPU"
 BASE = "base"
-OUTSIDE_ALLOCATOR = ("cuda_context", "torch_compile")
-"""Estimate parts that torch's caching allocator never holds (the context; Triton kernels, loaded into
-it), so `max_memory_reserved` cannot contain them."""
-
-
-def predicted_reserved_mib(total_bytes: int, breakdown: dict[str, int]) -> float:
-    """The estimator's modelled max_memory_reserved: its total less the parts outside the allocator,
-    i.e. the figure a measured `max_memory_reserved` is compared with (like with like)."""
-    return (total_bytes - sum(breakdown.get(part, 0) for part in OUTSIDE_ALLOCATOR)) / 2 ** 20
 
 
 @dataclass

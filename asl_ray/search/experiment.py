@@ -29,8 +29,6 @@ TUNE_DIR, TRAIN_DIR, STUDY_FILE = "tune", "train", "optuna.db"
 MiB = 2 ** 20
 PROGRESS_METRICS = {"val_acc": "acc", "samples_per_s": "samples/s", "cuda_max_reserved_mb": "CUDA reserved MB",
                     "rss_peak_mb": "host RSS MB", "precision": "ran", "status": "status", EPOCHS_DONE: "epochs"}
-OUTSIDE_ALLOCATOR = ("cuda_context", "torch_compile")
-"""Estimate parts that `torch.cuda.max_memory_reserved` does not see (the context, kernel images)."""
 
 
 @dataclass(frozen=True)
@@ -39,13 +37,15 @@ class VramPredictor:
     base: dict
     usable_bytes: int
     num_classes: int
+    compute_capability: Optional[tuple[int, int]] = None
+    """The card's architecture (cuBLAS workspaces are sized by it); None sizes them for an unknown card."""
 
     def __call__(self, values: dict) -> tuple[bool, int]:
         from asl_ray.vram.fit import fits_within
         cfg = TrainConfig.from_dict({**self.base, **values}, source="sampled config")
         # The verdict: least need under the allocator's free-and-retry + context + margin, and a replay
         # capped at this card's limit (vram/fit.py).
-        return fits_within(cfg, self.usable_bytes, self.num_classes)
+        return fits_within(cfg, self.usable_bytes, self.num_classes, self.compute_capability)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def _trainable(exp: Experiment, use_gpu: bool):
 
 def _searcher(exp: Experiment) -> FitAwareOptunaSearch:
     storage = optuna.storages.RDBStorage(exp.storage_url())
-    predictor = VramPredictor(exp.space.base_config().to_dict(), exp.card.usable_bytes, exp.num_classes)
+    predictor = VramPredictor(exp.space.base_config().to_dict(), exp.card.usable_bytes, exp.num_classes,
+                              exp.card.compute_capability)
     return FitAwareOptunaSearch(exp.space, predictor, storage=storage, study_name=exp.study_name,
                                 max_epochs=exp.space.budget.epochs)
 
@@ -166,14 +167,14 @@ def row_config_keys(space: SearchSpace) -> list[str]:
     return names + [k for k in ("precision",) if k not in names]
 
 
-def predicted_memory(cfg: TrainConfig, num_classes: int) -> dict[str, float]:
-    """Both predictions, labelled: the allocator's peak (what `max_memory_reserved` measures, no CUDA
-    context) and the total with the context (what the fit check compares with the card)."""
+def predicted_memory(cfg: TrainConfig, num_classes: int, card: Card) -> dict[str, float]:
+    """The predictions, each labelled: the allocator's unconstrained peak (what `max_memory_reserved`
+    measures, no CUDA context), that peak with the context (what nvidia-smi would show), and the fit
+    figure the verdict compares with the card (least need under free-and-retry + context + margin)."""
     from asl_ray.vram.estimate import estimate_peak_vram
-    estimate = estimate_peak_vram(cfg, num_classes)  # cached: the searcher estimated it already
-    outside = sum(estimate.breakdown.get(part, 0) for part in OUTSIDE_ALLOCATOR)
-    return {"predicted_reserved_mb": (estimate.total_bytes - outside) / MiB,
-            "predicted_total_mb": estimate.total_bytes / MiB}
+    estimate = estimate_peak_vram(cfg, num_classes, card.compute_capability)  # cached by the searcher's call
+    return {"predicted_reserved_mb": estimate.reserved_peak_bytes() / MiB,
+            "predicted_total_mb": estimate.total_bytes / MiB, "predicted_fit_mb": estimate.fit_bytes() / MiB}
 
 
 def _column_max(history, name: str) -> float:
@@ -216,7 +217,7 @@ def _trial_row(result, exp: Experiment) -> dict[str, Any]:
         "steps_per_s": m.get("steps_per_s", float("nan")),
         "cuda_max_reserved_mb": _column_max(history, "cuda_max_reserved_mb"),
         "cuda_max_allocated_mb": _column_max(history, "cuda_max_allocated_mb"),
-        **predicted_memory(cfg, exp.num_classes),
+        **predicted_memory(cfg, exp.num_classes, exp.card),
         "rss_peak_mb": _column_max(history, "rss_peak_mb"),
         "device": m.get("device", ""), "node_id": m.get("node_id", ""), "hostname": m.get("hostname", ""),
         "trial_seconds": seconds,
@@ -236,5 +237,5 @@ def _rejected_rows(exp: Experiment) -> list[dict[str, Any]]:
         rows.append({"trial_id": f"optuna-{t.number}", "status": "rejected", "feasible": False,
                      **{k: getattr(cfg, k) for k in row_config_keys(exp.space)}, "precision_run": "",
                      "effective_batch": cfg.effective_batch_size(), "epochs_run": 0,
-                     **predicted_memory(cfg, exp.num_classes)})
+                     **predicted_memory(cfg, exp.num_classes, exp.card)})
     return rows

@@ -11,14 +11,16 @@ import pandas as pd
 from asl_ray.config import TrainConfig
 
 SELECT_RULES = ("fastest-within-margin", "most-accurate", "fastest")
-MEMORY_COLUMNS = ["cuda_max_reserved_mb", "predicted_reserved_mb", "predicted_total_mb", "rss_peak_mb"]
+MEMORY_COLUMNS = ["cuda_max_reserved_mb", "predicted_reserved_mb", "predicted_total_mb", "predicted_fit_mb",
+                  "rss_peak_mb"]
 """Like with like, each labelled: measured `max_memory_reserved` (CUDA only, NaN on CPU) beside the
-predicted allocator peak (no CUDA context); the predicted total with the context (the fit check's
-figure); host RSS (never GPU memory)."""
+predicted allocator peak (no CUDA context); that peak with the context; the fit figure the verdict
+compares with the card; host RSS (never GPU memory)."""
 MEMORY_LEGEND = ("cuda_max_reserved_mb: measured torch.cuda.max_memory_reserved (NaN on CPU); "
-                 "predicted_reserved_mb: predicted allocator peak, no CUDA context; "
-                 "predicted_total_mb: predicted total with the CUDA context (compared with the card); "
-                 "rss_peak_mb: host process RSS, not GPU memory.")
+                 "predicted_reserved_mb: predicted unconstrained allocator peak, no CUDA context; "
+                 "predicted_total_mb: that peak with the CUDA context (what nvidia-smi would show); "
+                 "predicted_fit_mb: least need under the allocator's free-and-retry + context + margin "
+                 "(compared with the card); rss_peak_mb: host process RSS, not GPU memory.")
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,10 @@ def plot_pareto(df: pd.DataFrame, path: Path, usable_mb: float, title: str, para
     ax.legend(fontsize=8)
 
     infeasible = ~df["feasible"].astype(bool)
-    ax2.scatter(range(len(df)), df["predicted_total_mb"], c=["tab:red" if x else "tab:green" for x in infeasible])
+    ax2.scatter(range(len(df)), df["predicted_fit_mb"], c=["tab:red" if x else "tab:green" for x in infeasible])
     ax2.axhline(usable_mb, color="black", ls="--", lw=1, label=f"usable on the card ({usable_mb:.0f} MiB)")
     ax2.set_xlabel("config (rejected and OOM in red)")
-    ax2.set_ylabel("predicted total VRAM incl. CUDA context (MiB)")
+    ax2.set_ylabel("predicted fit figure: least need + context + margin (MiB)")
     ax2.set_title("VRAM fit")
     ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -140,5 +142,5 @@ def memory_text(row: pd.Series) -> str:
     device = (f"measured max_memory_reserved {measured:.0f} MiB" if pd.notna(measured)
               else "no CUDA measurement (not run on a GPU)")
     return (f"{device}, predicted allocator peak {row['predicted_reserved_mb']:.0f} MiB "
-            f"(predicted total with CUDA context {row['predicted_total_mb']:.0f} MiB), "
+            f"(with CUDA context {row['predicted_total_mb']:.0f} MiB; fit figure {row['predicted_fit_mb']:.0f} MiB), "
             f"host RSS {row['rss_peak_mb']:.0f} MiB")

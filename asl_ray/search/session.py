@@ -102,7 +102,7 @@ def write_results(df: pd.DataFrame, plan: SearchPlan) -> None:
     infeasible = df[~df["feasible"].astype(bool)]
     lines += ["", "## Infeasible (never launched, or out of memory)", "", "```",
               report.table_text(infeasible, ["trial_id", "status", *configured, "predicted_reserved_mb",
-                                             "predicted_total_mb"]), "```",
+                                             "predicted_total_mb", "predicted_fit_mb"]), "```",
               "", "Files: trials.parquet, trials.csv, optuna.db (optuna-dashboard sqlite:///" +
               f"{(root / 'optuna.db').resolve()}), pareto.png, best_config.yaml, tune/ (Tune), train/ (per-trial runs)."]
     text = "\n".join(lines) + "\n"
