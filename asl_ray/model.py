@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 from asl_ray.config import NUM_FEATURE_CHANNELS, TrainConfig
 
@@ -21,31 +22,38 @@ BN_EPS = 1e-3  # Keras default
 class _MaskedBatchNormFn(torch.autograd.Function):
     """BatchNorm over the real frames only; saves just the input (in its own dtype) for backward.
 
-    Masked sums are matrix products with the mask (a weight per frame), so the statistics take two
-    matmuls and the output one fused multiply-add: far fewer passes than the textbook masked formula.
+    Masked means are matrix products with the mask divided by the count (a weight per frame), so the
+    statistics take two matmuls, and scale/shift/output are fused multiply-adds: with the running
+    statistics, 34 aten ops per forward + backward where the textbook formula needs far more and the first
+    version of this one 46 (each a kernel launch on a GPU; counted in tests/test_eager_launches.py).
     """
 
     @staticmethod
     def forward(ctx, x, mask, weight, bias, eps):
-        acc = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 statistics overflow or lose precision
+        # fp16/bf16 statistics overflow or lose precision (a dtype test, not promote_types: that is an op)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         with torch.autocast(x.device.type, enabled=False):
             c = x.shape[-1]
             xf = x.reshape(-1, c).to(acc)
-            m = mask.reshape(1, -1).to(acc)
-            n = m.sum().clamp(min=1.0)
-            mean = (m @ xf).squeeze(0) / n
-            var = ((m @ (xf * xf)).squeeze(0) / n - mean * mean).clamp(min=0.0)
-            invstd = torch.rsqrt(var + eps)
+            w = mask.reshape(1, -1).to(acc)
+            n = w.sum().clamp_(min=1.0)
+            w = w / n
+            mean = torch.mm(w, xf).squeeze(0)
+            var = torch.addcmul(torch.mm(w, xf * xf).squeeze(0), mean, mean, value=-1.0).clamp_(min=0.0)
+            invstd = (var + eps).rsqrt_()
             scale = invstd * weight
-            y = torch.addcmul(bias - mean * scale, xf, scale).to(x.dtype).view_as(x)
+            y = torch.addcmul(torch.addcmul(bias, mean, scale, value=-1.0), xf, scale).to(x.dtype).view_as(x)
         # n travels through save_for_backward, not as a ctx attribute: an output tensor stored on
         # ctx makes a reference cycle that only the garbage collector breaks (late, on the GPU too).
         ctx.mark_non_differentiable(mean, var, n)
+        ctx.set_materialize_grads(False)  # no zero gradients made for the statistics (3 launches)
         ctx.save_for_backward(x, mask, mean, invstd, weight, n)
         return y, mean, var, n
 
     @staticmethod
     def backward(ctx, gy, _gmean, _gvar, _gn):
+        if gy is None:  # gradients are not materialised: nothing flowed back through the output
+            return None, None, None, None, None
         x, mask, mean, invstd, weight, n = ctx.saved_tensors
         acc = mean.dtype
         c = x.shape[-1]
@@ -53,13 +61,14 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         g = gy.reshape(-1, c).to(acc)
         m = mask.reshape(-1, 1).to(acc)
         sum_gy = g.sum(0)
-        sum_gy_xhat = ((g * xf).sum(0) - mean * sum_gy) * invstd
+        sum_gy_xhat = torch.addcmul((g * xf).sum(0), mean, sum_gy, value=-1.0) * invstd
         # Every output depends on the statistics, but only real frames feed them (hence `m`):
         # gx = k * (gy - m * (sum_gy + xhat * sum_gy_xhat) / n), expanded so x is read once.
         k = weight * invstd
-        beta = k * invstd * sum_gy_xhat / n
-        alpha = k * sum_gy / n - beta * mean
-        gx = k * g - m * torch.addcmul(alpha, xf, beta)
+        k_n = k / n
+        beta = k_n * invstd * sum_gy_xhat
+        alpha = torch.addcmul(k_n * sum_gy, beta, mean, value=-1.0)
+        gx = torch.addcmul(k * g, m, torch.addcmul(alpha, xf, beta), value=-1.0)
         return gx.to(x.dtype).view_as(x), None, sum_gy_xhat, sum_gy, None
 
 
@@ -82,8 +91,8 @@ class MaskedBatchNorm(nn.Module):
         y, mean, var, n = _MaskedBatchNormFn.apply(x, mask, self.weight, self.bias, self.eps)
         with torch.no_grad():
             unbiased = var * (n / (n - 1).clamp(min=1.0))
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(unbiased, self.momentum)
+            # both running statistics in one multi-tensor launch
+            torch._foreach_lerp_([self.running_mean, self.running_var], [mean, unbiased], self.momentum)
         return y
 
 
@@ -119,18 +128,69 @@ class ECA(nn.Module):
         return x * gate.unsqueeze(1)
 
 
-@torch.compiler.disable
+@torch.library.custom_op("asl_ray::causal_depthwise_conv", mutates_args=())
+def _causal_conv(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    k = weight.shape[-1]
+    out = F.conv1d(F.pad(h.transpose(1, 2), (k - 1, 0)), weight, groups=weight.shape[0])
+    return out.transpose(1, 2).contiguous()
+
+
+@_causal_conv.register_fake
+def _(h, weight):
+    return h.new_empty(h.shape)
+
+
+@torch.library.custom_op("asl_ray::causal_depthwise_conv_backward", mutates_args=())
+def _causal_conv_backward(grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = weight.shape[-1]
+    padded = F.pad(h.transpose(1, 2), (k - 1, 0))
+    grad_padded, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad.transpose(1, 2), padded, weight, None, [1], [0], [1], False, [0], weight.shape[0], [True, True, False])
+    return grad_padded[..., k - 1:].transpose(1, 2).contiguous(), grad_weight
+
+
+@_causal_conv_backward.register_fake
+def _(grad, h, weight):
+    return h.new_empty(h.shape), weight.new_empty(weight.shape)
+
+
+def _causal_conv_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)  # the unpadded input: the padded copy is rebuilt in backward
+
+
+def _causal_conv_autograd(ctx, grad):
+    h, weight = ctx.saved_tensors
+    return tuple(torch.ops.asl_ray.causal_depthwise_conv_backward(grad, h, weight))
+
+
+_causal_conv.register_autograd(_causal_conv_autograd, setup_context=_causal_conv_setup_context)
+
+
+# FlopCounterMode sees a custom op as one opaque call: without these, the convolution's FLOPs vanish from
+# the MFU figures (asl_ray/ablate/flops.py). Forward: one depthwise convolution, 2 FLOPs per MAC; backward:
+# one such convolution per gradient (input and weight).
+@register_flop_formula(torch.ops.asl_ray.causal_depthwise_conv)
+def _causal_conv_flops(h_shape, w_shape, out_shape=None, **_) -> int:
+    b, length, c = h_shape
+    return 2 * b * c * w_shape[-1] * length
+
+
+@register_flop_formula(torch.ops.asl_ray.causal_depthwise_conv_backward)
+def _causal_conv_backward_flops(grad_shape, h_shape, w_shape, out_shape=None, **_) -> int:
+    return 2 * _causal_conv_flops(h_shape, w_shape)
+
+
 def causal_depthwise_conv(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(B, L, C) -> (B, L, C) depthwise convolution with `weight` (C, 1, K), padded on the left only so
     that a real frame never sees the padding at the end.
 
-    Kept out of torch.compile (a graph break; the convolution runs as cuDNN's / oneDNN's kernel):
-    inductor's convolution-backward lowering pins the sequence length, so every new padded length
-    recompiled the whole model, and after 8 lengths dynamo gave up and ran eager. Writing the
-    convolution as K shifted multiply-adds stays dynamic but took over 10 minutes to compile at dim 192.
+    A custom op (forward and backward each one cuDNN / oneDNN convolution kernel) that torch.compile
+    traces as an opaque node: the model compiles as one graph, with no graph break. Inductor's own
+    convolution-backward lowering pinned the sequence length (a recompile per length), and writing the
+    convolution as K shifted multiply-adds took over 10 minutes to compile at dim 192. The weight is cast
+    to the input's dtype here because autocast does not reach inside a custom op.
     """
-    k = weight.shape[-1]
-    return F.conv1d(F.pad(h.transpose(1, 2), (k - 1, 0)), weight, groups=weight.shape[0]).transpose(1, 2)
+    return torch.ops.asl_ray.causal_depthwise_conv(h, weight.to(h.dtype))
 
 
 class Conv1DBlock(nn.Module):
@@ -157,6 +217,9 @@ class MultiHeadSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__()
         self.num_heads, self.dropout = num_heads, dropout
+        # The winner scales logits by the full width, dim ** -0.5, not SDPA's default head_dim ** -0.5
+        # (docs/GISLR.md, "More facts"): with 4 heads its attention is twice as soft as SDPA's default.
+        self.scale = dim ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
 
@@ -165,7 +228,7 @@ class MultiHeadSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         attn_mask = mask[:, None, None, :]  # keys only: padded frames are never attended to
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
 
 

@@ -62,6 +62,20 @@ def test_padding_does_not_change_output_in_training_mode():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_padding_up_to_the_ladder_rung_is_inert():
+    from asl_ray.data.dataset import pad_to_batch_max
+    torch.manual_seed(0)
+    samples = [(torch.randn(n, 708).numpy(), 0) for n in (21, 13, 30)]
+    exact = TrainConfig(max_len=384, pad_to="batch_max").pad_length(30)
+    rung = TrainConfig(max_len=384, pad_to="ladder").pad_length(30)
+    assert (exact, rung) == (30, 32)
+    model = GISLRModel(20, dim=32, depth=1, drop_path=0.0, attn_dropout=0.0, late_dropout=0.0)
+    for mode in (model.train, model.eval):
+        mode()
+        a, b = (pad_to_batch_max(samples, n) for n in (exact, rung))
+        torch.testing.assert_close(model(a.x, a.mask), model(b.x, b.mask), rtol=1e-5, atol=1e-5)
+
+
 def test_depthwise_conv_is_causal():
     from asl_ray.model import causal_depthwise_conv
     h, w = torch.randn(3, 23, 8), torch.randn(8, 1, 5)

@@ -67,6 +67,16 @@ def ablations_for(base: TrainConfig) -> list[Ablation]:
         Ablation("pad=batch_max" if base.pad_to == "max_len" else "pad=max_len",
                  {"pad_to": "batch_max" if base.pad_to == "max_len" else "max_len"}),
         Ablation(f"bucketing={'off' if base.length_bucketing else 'on'}", {"length_bucketing": not base.length_bucketing}),
+        Ablation("pad=batch_max" if base.pad_to == "ladder" else "pad=ladder",
+                 {"pad_to": "batch_max" if base.pad_to == "ladder" else "ladder"},
+                 note="ladder: at most 12 padded lengths (asl_ray/data/ladder.py)"),
+        Ablation("compile+ladder", {"compile": True, "pad_to": "ladder"},
+                 note="static lengths, one compilation per rung; the result's compile_seconds says how long"),
+        Ablation("compile=reduce-overhead", {"compile": True, "compile_mode": "reduce-overhead", "pad_to": "ladder"},
+                 needs_cuda=True, note="CUDA graphs, one per captured ladder shape"),
+        # Fewer launches in eager (bench/launches.py counts them); persistent workers only matter across epochs.
+        *[Ablation(f"{name}={'off' if getattr(base, name) else 'on'}", {name: not getattr(base, name)})
+          for name in ("foreach_optimizer", "features_on_device", "persistent_workers")],
     ]
     return [a for a in out if a.applies_to(base)]
 

@@ -46,11 +46,17 @@ class SequenceDataset(Dataset):
 
     def __init__(self, cache: SequenceCache, indices: np.ndarray, cfg: TrainConfig, train: bool):
         self.cache, self.indices, self.cfg, self.train = cache, np.asarray(indices), cfg, train
-        self.epoch = 0
+        # In shared memory: persistent loader workers keep their copy of the dataset across epochs and
+        # would otherwise replay epoch 0's augmentations forever.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentations are a function of (seed, epoch, index): reproducible with any number of workers."""
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -66,21 +72,26 @@ class SequenceDataset(Dataset):
             points = augment(points, self.cfg, rng)
         else:
             points = F.crop_frames(points, self.cfg.max_len, None)
-        return F.sequence_features(points), int(self.cache.labels[idx])
+        # features_on_device: positions only; dx/dx2 are computed after the copy (Batch.to).
+        feats = F.sequence_positions(points) if self.cfg.features_on_device else F.sequence_features(points)
+        return feats, int(self.cache.labels[idx])
 
 
 @dataclass
 class Batch:
-    x: torch.Tensor  # (B, L, 708) features, zero on padded frames
+    x: torch.Tensor  # (B, L, 708) features, zero on padded frames (positions_only: (B, L, 236) positions)
     mask: torch.Tensor  # (B, L) True on real frames
     y: torch.Tensor  # (B,) labels
+    positions_only: bool = False  # x holds positions; `to` computes the 708 features on the target device
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
-        return Batch(self.x.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking),
-                     self.y.to(device, non_blocking=non_blocking))
+        x, mask = self.x.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking)
+        if self.positions_only:
+            x = F.motion_features(x, mask)
+        return Batch(x, mask, self.y.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Batch":
-        return Batch(self.x.pin_memory(), self.mask.pin_memory(), self.y.pin_memory())
+        return Batch(self.x.pin_memory(), self.mask.pin_memory(), self.y.pin_memory(), self.positions_only)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -93,18 +104,20 @@ class PadCollate:
         self.cfg = cfg
 
     def __call__(self, samples: Sequence[tuple[np.ndarray, int]]) -> Batch:
-        return pad_to_batch_max(samples, self.cfg.pad_length(max(len(s[0]) for s in samples)))
+        return pad_to_batch_max(samples, self.cfg.pad_length(max(len(s[0]) for s in samples)),
+                                positions_only=self.cfg.features_on_device)
 
 
-def pad_to_batch_max(samples: Sequence[tuple[np.ndarray, int]], length: int) -> Batch:
-    x = torch.zeros(len(samples), length, NUM_FEATURE_CHANNELS)
+def pad_to_batch_max(samples: Sequence[tuple[np.ndarray, int]], length: int, positions_only: bool = False) -> Batch:
+    channels = F.NUM_POSITION_CHANNELS if positions_only else NUM_FEATURE_CHANNELS
+    x = torch.zeros(len(samples), length, channels)
     mask = torch.zeros(len(samples), length, dtype=torch.bool)
     for i, (feats, _) in enumerate(samples):
         n = min(len(feats), length)
         x[i, :n] = torch.from_numpy(feats[:n])
         mask[i, :n] = True
     y = torch.tensor([label for _, label in samples], dtype=torch.long)
-    return Batch(x, mask, y)
+    return Batch(x, mask, y, positions_only)
 
 
 class LengthBucketSampler(Sampler[list[int]]):
@@ -159,13 +172,13 @@ class ShuffledBatchSampler(Sampler[list[int]]):
 def make_loader(dataset: SequenceDataset, cfg: TrainConfig, train: bool, pin_memory: bool,
                 batch_size: Optional[int] = None) -> torch.utils.data.DataLoader:
     bs = batch_size or cfg.batch_size
-    if train and cfg.length_bucketing:
+    if cfg.length_bucketing:  # validation too: less padding to evaluate, and the order does not matter
         sampler: Sampler = LengthBucketSampler(dataset.lengths(), bs, cfg.seed)
     else:
         sampler = ShuffledBatchSampler(len(dataset), bs, cfg.seed, shuffle=train)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=PadCollate(cfg), num_workers=cfg.num_workers,
-        pin_memory=pin_memory, persistent_workers=False,
+        pin_memory=pin_memory, persistent_workers=cfg.persistent_workers and cfg.num_workers > 0,
         worker_init_fn=_limit_worker_threads if cfg.num_workers else None)
 
 

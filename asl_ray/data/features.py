@@ -7,6 +7,7 @@ DataLoader, so each epoch sees fresh augmentations without touching the parquet 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 # Face-mesh indices (flat index = face index for the face, which comes first in every frame).
 LIP = [0, 61, 185, 40, 39, 37, 267, 269, 270, 409, 291, 146, 91, 181, 84, 17, 314, 405, 321, 375,
@@ -18,6 +19,7 @@ RIGHT_EYE = [33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 
 LEFT_EYE = [263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398]
 SELECTED_LANDMARKS = np.array(LIP + LEFT_HAND + RIGHT_HAND + NOSE + RIGHT_EYE + LEFT_EYE)
 NUM_POINTS = len(SELECTED_LANDMARKS)  # 118
+NUM_POSITION_CHANNELS = 2 * NUM_POINTS  # x, y: what features_on_device sends to the device
 CENTRE_POINT = LIP.index(17)  # face landmark 17 (lower lip) centres every sequence
 
 # Mirror pairs (face-mesh left <-> right); the eye lists above are already aligned pairwise.
@@ -56,6 +58,26 @@ def normalise(points: np.ndarray) -> np.ndarray:
         std = np.sqrt(np.nanmean(np.square(points - centre), axis=(0, 1)))
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
     return ((points - centre) / std).astype(np.float32)
+
+
+def sequence_positions(points: np.ndarray) -> np.ndarray:
+    """(T, 118, 2) raw points -> (T, 236) normalised positions, NaN kept: `motion_features` needs to know
+    which points are missing, as `sequence_features` does (a difference with a missing point is 0)."""
+    return normalise(points).reshape(len(points), -1)
+
+
+def motion_features(positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`sequence_features` of a padded batch, on whatever device the batch is: (B, L, 236) positions from
+    `sequence_positions` (0 on padded frames) and the (B, L) mask -> (B, L, 708), bit for bit the host's.
+
+    Padding sits at the end, so frame t has a next (next-but-one) real frame exactly where mask[t + 1]
+    (mask[t + 2]) is True; elsewhere dx (dx2) is 0, as on the host. IEEE subtraction is exact-rounded on
+    every device, so the differences are the host's to the bit."""
+    dx = torch.zeros_like(positions)
+    dx2 = torch.zeros_like(positions)
+    dx[:, :-1] = torch.where(mask[:, 1:, None], positions[:, 1:] - positions[:, :-1], 0.0)
+    dx2[:, :-2] = torch.where(mask[:, 2:, None], positions[:, 2:] - positions[:, :-2], 0.0)
+    return torch.cat([positions, dx, dx2], dim=-1).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def sequence_features(points: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from asl_ray.data.dataset import Batch, SequenceDataset, make_loader, participan
 from asl_ray.model import GISLRModel
 from asl_ray.train.metrics import MemoryMonitor, ThroughputMeter
 from asl_ray.train.optim import Lookahead, make_optimizer, make_schedule
-from asl_ray.train.runtime import Runtime, maybe_compile
+from asl_ray.train.runtime import Runtime, compile_for, compile_metrics
 
 
 class Reporter(Protocol):
@@ -51,6 +51,7 @@ class TrainStep:
                  runtime: Runtime, cfg: TrainConfig, schedule=None, criterion: Optional[nn.Module] = None):
         self.model, self.optimizer, self.scaler, self.runtime = model, optimizer, scaler, runtime
         self.schedule, self.clip = schedule, cfg.gradient_clip_val
+        self.clip_foreach = True if cfg.foreach_optimizer else None  # None: torch's default (foreach on CUDA)
         self.criterion = criterion or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.faults = FaultInjector(cfg)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -78,7 +79,7 @@ class TrainStep:
         if at_boundary:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             if self.clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=self.clip_foreach)
             self.scaler.step(self.optimizer)  # skipped if fp16 gradients overflowed
             self.scaler.update()
             if self.schedule is not None:
@@ -129,7 +130,7 @@ def setup(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime) -> Session:
     optimizer, lookahead = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(batches_per_epoch(cfg, len(train_loader)) / cfg.gradient_accumulation_steps)
     schedule = make_schedule(optimizer, cfg, steps_per_epoch)
-    step = TrainStep(maybe_compile(model, cfg.compile), optimizer, runtime.grad_scaler(), runtime, cfg, schedule)
+    step = TrainStep(compile_for(model, cfg, runtime), optimizer, runtime.grad_scaler(), runtime, cfg, schedule)
     return Session(cfg, runtime, model, step, lookahead, train_set, train_loader, val_loader,
                    MemoryMonitor(runtime.device))
 
@@ -158,7 +159,7 @@ def train_epoch(s: Session) -> dict[str, float]:
             s.memory.sample()
     bad = int(nonfinite)
     return {"train_loss": float(loss_sum) / max(1, n - bad), "nonfinite_losses": bad, "train_batches": n,
-            **meter.result()}
+            **meter.result(), **compile_metrics(s.step.model)}
 
 
 def has_diverged(s: Session, train_metrics: dict[str, float]) -> bool:
@@ -262,7 +263,7 @@ def fit(cfg: TrainConfig, cache: SequenceCache, reporter: Reporter, runtime: Opt
         result = {"epoch": s.epoch, **train_metrics, **val_metrics, **s.memory.result(),
                   "scaler_skipped_steps": s.step.skipped_steps, "optimizer_steps": s.step.attempted_steps,
                   "lr": s.step.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
-                  "device": str(runtime.device), "precision": runtime.precision,
+                  "device": str(runtime.device), "precision": runtime.precision, **compile_metrics(s.step.model),
                   "oom": False, "feasible": True, "status": "ok"}
         s.history.append(result)
         reporter.epoch_end(result, checkpoint_state(s))

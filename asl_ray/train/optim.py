@@ -13,8 +13,8 @@ class Lookahead:
     """Lookahead (k steps forward, 1 back) as a post-step hook, so the optimizer stays a plain
     torch Optimizer for GradScaler and the LR scheduler. A step the scaler skips never runs the hook."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5):
-        self.k, self.alpha, self.steps = k, alpha, 0
+    def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5, foreach: bool = False):
+        self.k, self.alpha, self.steps, self.foreach = k, alpha, 0, foreach
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.slow = [p.detach().clone() for p in self.params]
         optimizer.register_step_post_hook(self._after_step)
@@ -22,7 +22,12 @@ class Lookahead:
     @torch.no_grad()
     def _after_step(self, *_):
         self.steps += 1
-        if self.steps % self.k == 0:
+        if self.steps % self.k != 0:
+            return
+        if self.foreach:  # two multi-tensor ops instead of three per parameter
+            torch._foreach_lerp_(self.slow, self.params, self.alpha)
+            torch._foreach_copy_(self.params, self.slow)
+        else:
             for p, s in zip(self.params, self.slow):
                 s.add_(p - s, alpha=self.alpha)
                 p.copy_(s)
@@ -42,11 +47,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opti
         # Norm weights and biases are not decayed (the usual AdamW practice).
         (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay()}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach_optimizer: multi-tensor kernels on every device (RAdam has no fused kernel; AdamW's fused one
+    # is a single launch). Off leaves torch's default: foreach on CUDA, a per-parameter loop on the CPU.
+    multi = cfg.foreach_optimizer
     if cfg.optimizer == "radam":
-        opt = torch.optim.RAdam(groups, lr=cfg.learning_rate(), decoupled_weight_decay=True)
+        opt = torch.optim.RAdam(groups, lr=cfg.learning_rate(), decoupled_weight_decay=True,
+                                foreach=True if multi else None)
+    elif multi:
+        opt = torch.optim.AdamW(groups, lr=cfg.learning_rate(), fused=True)
     else:
         opt = torch.optim.AdamW(groups, lr=cfg.learning_rate())
-    return opt, (Lookahead(opt) if cfg.lookahead else None)
+    return opt, (Lookahead(opt, foreach=multi) if cfg.lookahead else None)
 
 
 def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -6,13 +6,16 @@ autocast is slower than fp32 here), the scaler is a disabled GradScaler and copi
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from asl_ray.config import TrainConfig
+from asl_ray.data.ladder import length_ladder
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -50,6 +53,10 @@ class Runtime:
     def grad_scaler(self) -> torch.amp.GradScaler:
         return make_grad_scaler(self.precision, self.device.type)
 
+    def compile_mode(self, cfg: TrainConfig) -> str:
+        """The torch.compile mode this device runs: CUDA graphs (reduce-overhead) exist on CUDA only."""
+        return cfg.compile_mode if self.device.type == "cuda" else "default"
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -59,33 +66,152 @@ class Runtime:
             torch.cuda.empty_cache()
 
 
-class EagerFallback(nn.Module):
-    """Runs the compiled module; if compiling fails, warns once and runs the eager one from then on."""
+class CompileClock:
+    """Wall time and count of torch.compile's compilations (dynamo's trace and inductor's codegen, the
+    backward's lazy compile and CUDA-graph recordings included) while its module is the one running."""
 
-    def __init__(self, eager: nn.Module, compiled: nn.Module):
+    def __init__(self):
+        self.seconds = 0.0
+        self.compilations = 0
+        self._started: Optional[float] = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def end(self) -> None:
+        if self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self.compilations += 1
+            self._started = None
+
+
+_running_clock: list[Optional[CompileClock]] = [None]  # the clock of the compiled module called last
+
+
+def _clock_start(_args) -> None:
+    if _running_clock[0] is not None:
+        _running_clock[0].start()
+
+
+def _clock_end(_args) -> None:
+    if _running_clock[0] is not None:
+        _running_clock[0].end()
+
+
+_callbacks_registered = [False]
+
+
+def _register_clock_callbacks() -> None:
+    # Dynamo's callbacks are process-wide: registered once, they feed whichever module ran last (a lazy
+    # backward compile follows its own forward).
+    if not _callbacks_registered[0]:
+        from torch._dynamo.callback import callback_handler
+        callback_handler.register_start_callback(_clock_start)
+        callback_handler.register_end_callback(_clock_end)
+        _callbacks_registered[0] = True
+
+
+def out_of_memory_in(error: BaseException) -> Optional[BaseException]:
+    """The OutOfMemoryError behind `error` (itself, a cause/context, or dynamo's wrapped inner exception)."""
+    seen: set[int] = set()
+    todo: list[Optional[BaseException]] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, torch.OutOfMemoryError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "inner_exception", None)]
+    return None
+
+
+class EagerFallback(nn.Module):
+    """Runs the compiled module; if compiling fails, warns once and runs the eager one from then on.
+
+    An out-of-memory error is never a compile failure: it propagates (as the OutOfMemoryError itself, even
+    when dynamo wrapped it) to the loop's OOM guard, so a config that does not fit ends as OOM instead of
+    running on in eager with a different memory profile.
+    """
+
+    def __init__(self, eager: nn.Module, compiled: nn.Module, mode: str = "default",
+                 dynamic_batch: bool = False):
         super().__init__()
         self.eager = eager
         self._compiled = [compiled]  # a list keeps it out of state_dict and parameters()
         self.failed = False
+        self.mode = mode
+        """The torch.compile mode actually run."""
+        self.dynamic_batch = dynamic_batch
+        self.clock = CompileClock()
+        _register_clock_callbacks()
 
     def forward(self, *args, **kwargs):
         if not self.failed:
+            if self.dynamic_batch:
+                # Time lengths are static (one graph per ladder rung); the batch dimension is symbolic so
+                # the last, partial batch of an epoch and the validation batches compile no new graph.
+                for a in args:
+                    if isinstance(a, torch.Tensor) and a.dim() > 0:
+                        torch._dynamo.maybe_mark_dynamic(a, 0)
+            if self.mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
+            _running_clock[0] = self.clock
             try:
                 return self._compiled[0](*args, **kwargs)
-            except Exception as e:  # torch._dynamo / inductor raise many types; any means "use eager"
+            except Exception as e:  # torch._dynamo / inductor raise many types; any but OOM means "use eager"
+                oom = out_of_memory_in(e)
+                if oom is not None:
+                    if oom is e:
+                        raise
+                    raise oom from e
                 self.failed = True
-                warnings.warn(f"torch.compile failed, continuing in eager mode: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}", RuntimeWarning, stacklevel=2)
+                cause = getattr(e, "inner_exception", None) or e  # dynamo's wrapper says only "backend raised"
+                warnings.warn(f"torch.compile failed, continuing in eager mode: {type(cause).__name__}: "
+                              f"{str(cause).splitlines()[0] if str(cause) else ''}", RuntimeWarning, stacklevel=2)
         return self.eager(*args, **kwargs)
 
 
-def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
-    """The module the loop calls: compiled (dynamic shapes: batches are padded to varying lengths) or eager."""
+def compile_metrics(module: nn.Module) -> dict[str, Any]:
+    """What the run's result records about compilation (zeros and 'off' for an eager module)."""
+    if not isinstance(module, EagerFallback):
+        return {"compile_mode": "off", "compile_seconds": 0.0, "compilations": 0, "compile_failed": False}
+    return {"compile_mode": module.mode, "compile_seconds": round(module.clock.seconds, 3),
+            "compilations": module.clock.compilations, "compile_failed": module.failed}
+
+
+def compile_shape_budget(cfg: TrainConfig) -> Optional[int]:
+    """Most graphs a run compiles under a static-length pad mode: one per rung and mode (train, eval; each
+    twice when the late dropout switches on mid-run); None under 'batch_max' (dynamic lengths)."""
+    if cfg.pad_to == "batch_max":
+        return None
+    rungs = len(length_ladder(cfg.max_len)) if cfg.pad_to == "ladder" else 1
+    return rungs * (4 if cfg.late_dropout_start_epoch > 0 else 2)
+
+
+def maybe_compile(model: nn.Module, enabled: bool, mode: str = "default",
+                  static_shapes: Optional[int] = None) -> nn.Module:
+    """The module the loop calls: eager, or compiled in `mode`.
+
+    static_shapes: None compiles with dynamic shapes (lengths vary batch to batch); a number compiles
+    static time lengths (dynamic=False, the batch dimension symbolic) and lets dynamo keep that many
+    graphs: its default recompile limit (8) would otherwise silently send a 12-rung ladder to eager.
+    """
     if not enabled:
         return model
     try:
-        compiled = torch.compile(model, dynamic=True)
+        if static_shapes is not None:
+            # +2: a batch of one sample specializes its batch dimension (one graph more per such length)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, static_shapes + 2)
+        compiled = torch.compile(model, mode=None if mode == "default" else mode,
+                                 dynamic=static_shapes is None)
     except Exception as e:
         warnings.warn(f"torch.compile unavailable, running eager: {e}", RuntimeWarning, stacklevel=2)
         return model
-    return EagerFallback(model, compiled)
+    return EagerFallback(model, compiled, mode=mode, dynamic_batch=static_shapes is not None)
+
+
+def compile_for(model: nn.Module, cfg: TrainConfig, runtime: "Runtime") -> nn.Module:
+    """`maybe_compile` as `cfg` and the device ask: the mode the device can run, static lengths unless
+    pad_to is 'batch_max'."""
+    return maybe_compile(model, cfg.compile, runtime.compile_mode(cfg), compile_shape_budget(cfg))

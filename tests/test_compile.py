@@ -1,0 +1,185 @@
+"""The whole model under torch.compile: the causal conv as a custom op (no graph break), at most one
+compilation per ladder rung, compiled == eager, and an out-of-memory error is never a compile failure."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from asl_ray.config import ConfigError, TrainConfig
+from asl_ray.data.dataset import SequenceDataset, make_loader, pad_to_batch_max, participant_split
+from asl_ray.data.ladder import length_ladder
+from asl_ray.model import GISLRModel
+from asl_ray.train.runtime import (EagerFallback, Runtime, compile_for, compile_metrics, compile_shape_budget,
+                                   maybe_compile)
+
+NO_DROPOUT = dict(drop_path=0.0, attn_dropout=0.0, late_dropout=0.0)
+
+
+def _inputs(batch: int, length: int, dtype=torch.float32):
+    h = torch.randn(batch, length, 6, dtype=dtype, requires_grad=True)
+    w = torch.randn(6, 1, 5, dtype=dtype, requires_grad=True)
+    return h, w
+
+
+def test_causal_conv_op_passes_gradcheck_in_double():
+    h, w = _inputs(2, 9, torch.float64)
+    assert torch.autograd.gradcheck(torch.ops.asl_ray.causal_depthwise_conv, (h, w))
+
+
+def test_causal_conv_ops_pass_opcheck():
+    h, w = _inputs(2, 9)
+    torch.library.opcheck(torch.ops.asl_ray.causal_depthwise_conv.default, (h, w))
+    grad = torch.randn(2, 9, 6)
+    torch.library.opcheck(torch.ops.asl_ray.causal_depthwise_conv_backward.default, (grad, h.detach(), w.detach()))
+
+
+def test_causal_conv_op_matches_torch_conv1d_with_left_padding():
+    h, w = _inputs(3, 11)
+    ref = nn.functional.conv1d(nn.functional.pad(h.transpose(1, 2), (4, 0)), w, groups=6).transpose(1, 2)
+    out = torch.ops.asl_ray.causal_depthwise_conv(h, w)
+    torch.testing.assert_close(out, ref)
+    gh, gw = torch.autograd.grad(out.square().sum(), (h, w))
+    rh, rw = torch.autograd.grad(ref.square().sum(), (h, w))
+    torch.testing.assert_close((gh, gw), (rh, rw))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_dynamo_traces_the_whole_model_as_one_graph(training):
+    model = GISLRModel(5, dim=32, depth=1, **NO_DROPOUT).train(training)
+    x, mask = torch.randn(2, 16, 708), torch.ones(2, 16, dtype=torch.bool)
+    explained = torch._dynamo.explain(model)(x, mask)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_every_batch_of_an_epoch_and_of_validation_is_a_ladder_shape(synth_cache):
+    cfg = TrainConfig(max_len=64, pad_to="ladder", batch_size=7, num_workers=0, dim=32, depth=1)
+    rungs = set(length_ladder(cfg.max_len))
+    train_idx, val_idx = participant_split(synth_cache.participants, cfg.num_folds, cfg.fold, cfg.seed)
+    for bucketing in (False, True):
+        c = cfg.with_overrides({"length_bucketing": bucketing})
+        for idx, train in ((train_idx[:45], True), (val_idx[:40], False)):  # 45 = 6 x 7 + 3, 40 = 5 x 7 + 5
+            loader = make_loader(SequenceDataset(synth_cache, idx, c, train=train), c, train=train, pin_memory=False)
+            batches = list(loader)
+            assert min(len(b) for b in batches) < c.batch_size  # the partial batch is among them
+            lengths = {b.x.shape[1] for b in batches}
+            assert lengths <= rungs, (bucketing, train, sorted(lengths))
+
+
+def test_compile_mode_is_validated_and_a_cpu_runs_default():
+    with pytest.raises(ConfigError, match="compile_mode"):
+        TrainConfig(compile_mode="max-autotune")
+    cfg = TrainConfig(compile_mode="reduce-overhead")
+    assert Runtime.create(cfg, torch.device("cpu")).compile_mode(cfg) == "default"
+    assert compile_metrics(GISLRModel(5, dim=32, depth=1))["compile_mode"] == "off"
+
+
+def test_shape_budget_is_one_graph_per_rung_and_mode():
+    assert compile_shape_budget(TrainConfig(pad_to="ladder", max_len=384)) == 2 * len(length_ladder(384))
+    assert compile_shape_budget(TrainConfig(pad_to="max_len")) == 2
+    assert compile_shape_budget(TrainConfig(pad_to="batch_max")) is None
+
+
+@torch.library.custom_op("asl_ray_test::allocate_too_much", mutates_args=())
+def _allocate_too_much(x: torch.Tensor) -> torch.Tensor:
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised inside the compiled forward)")
+
+
+@_allocate_too_much.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class _Fits(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+class _RunsOutOfMemory(nn.Module):
+    def forward(self, x):
+        return torch.ops.asl_ray_test.allocate_too_much(x * 2)
+
+
+def test_out_of_memory_in_the_compiled_forward_reaches_the_oom_guard():
+    # The eager module fits: falling back would hide the OOM and carry on.
+    wrapped = EagerFallback(_Fits(), torch.compile(_RunsOutOfMemory(), backend="eager"))
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="inside the compiled forward"):
+        wrapped(torch.randn(3))
+    assert not wrapped.failed
+
+
+def test_out_of_memory_while_compiling_reaches_the_oom_guard():
+    def backend_that_runs_out_of_memory(gm, example_inputs):
+        raise torch.OutOfMemoryError("CUDA out of memory (while autotuning)")
+
+    wrapped = EagerFallback(_Fits(), torch.compile(_Fits(), backend=backend_that_runs_out_of_memory))
+    torch._dynamo.reset()
+    with pytest.raises(torch.OutOfMemoryError, match="while autotuning"):
+        wrapped(torch.randn(3))
+    assert not wrapped.failed
+
+
+def test_other_compile_errors_still_fall_back_to_eager():
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("inductor exploded")
+
+    wrapped = EagerFallback(_Fits(), torch.compile(_RunsOutOfMemory(), backend=broken_backend))
+    torch._dynamo.reset()
+    with pytest.warns(RuntimeWarning, match="inductor exploded"):
+        out = wrapped(torch.ones(3))
+    assert wrapped.failed and torch.equal(out, torch.full((3,), 2.0))
+
+
+def _batch(batch: int, length: int, real: int):
+    x, mask = torch.randn(batch, length, 708), torch.zeros(batch, length, dtype=torch.bool)
+    mask[:, :real] = True
+    mask[0, real // 2:] = False
+    return x * mask.unsqueeze(-1), mask
+
+
+@pytest.mark.slow
+def test_static_ladder_compiles_once_per_rung_and_agrees_with_eager():
+    # max_len 32: rungs (16, 32). Full and partial training batches and validation batches at both rungs;
+    # dynamo may keep exactly the budget's graphs and must fail (not fall back) past it.
+    torch._dynamo.reset()
+    cfg = TrainConfig(dim=32, depth=1, max_len=32, pad_to="ladder", compile=True, **NO_DROPOUT)
+    assert length_ladder(cfg.max_len) == (16, 32)
+    torch.manual_seed(0)
+    eager = GISLRModel.from_config(cfg, 5)
+    reference = GISLRModel.from_config(cfg, 5)
+    reference.load_state_dict(eager.state_dict())
+    wrapped = compile_for(eager, cfg, Runtime.create(cfg, torch.device("cpu")))
+    budget = compile_shape_budget(cfg)
+    with torch._dynamo.config.patch(recompile_limit=budget, fail_on_recompile_limit_hit=True):
+        for length, real, batch in ((16, 11, 4), (16, 14, 3), (32, 29, 4), (32, 20, 3)):
+            x, mask = _batch(batch, length, real)
+            out = wrapped(x, mask)
+            ref = reference(x, mask)
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+            out.square().sum().backward()
+            ref.square().sum().backward()
+            for (name, p), q in zip(eager.named_parameters(), reference.parameters()):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
+                p.grad, q.grad = None, None
+        eager.eval(), reference.eval()
+        with torch.inference_mode():
+            for length, real, batch in ((16, 9, 5), (32, 30, 5), (32, 17, 2)):
+                x, mask = _batch(batch, length, real)
+                torch.testing.assert_close(wrapped(x, mask), reference(x, mask), rtol=1e-4, atol=1e-4)
+    metrics = compile_metrics(wrapped)
+    assert not wrapped.failed
+    assert metrics["compilations"] == budget == 2 * len(length_ladder(cfg.max_len))
+    assert metrics["compile_seconds"] > 0 and metrics["compile_mode"] == "default"
+
+
+def test_flop_counter_counts_the_custom_conv_like_a_torch_convolution():
+    from torch.utils.flop_counter import FlopCounterMode
+    h, w = _inputs(2, 50)
+    with FlopCounterMode(display=False) as ours:
+        out = torch.ops.asl_ray.causal_depthwise_conv(h, w)
+    with FlopCounterMode(display=False) as torchs:
+        nn.functional.conv1d(nn.functional.pad(h.transpose(1, 2), (4, 0)), w, groups=6)
+    assert ours.get_total_flops() == torchs.get_total_flops() > 0
+    with FlopCounterMode(display=False) as backward:
+        out.sum().backward()
+    assert backward.get_total_flops() == 2 * ours.get_total_flops()  # one convolution per gradient
