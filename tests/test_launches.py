@@ -77,5 +77,5 @@ def test_foreach_optimizer_launches_fewer_ops_per_step():
         counts[foreach] = count_train_steps(step, _batches(2), 2, CPU.device)
     assert counts[True].launches() < counts[False].launches() - 2 * len(step.params)
     assert counts[True].ops.get("_foreach_lerp_", 0) >= 1  # RAdam's first moment, all parameters at once
-    # what lerp_ is left is MaskedBatchNorm's running statistics (two per BatchNorm), no longer RAdam's
-    assert counts[True].ops["lerp_"] == counts[False].ops["lerp_"] - len(step.params)
+    # RAdam's per-parameter lerp_ is gone (MaskedBatchNorm's running statistics use _foreach_lerp_ either way)
+    assert counts[True].ops.get("lerp_", 0) == counts[False].ops.get("lerp_", 0) - len(step.params)

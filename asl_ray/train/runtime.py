@@ -98,17 +98,14 @@ def _clock_end(_args) -> None:
         _running_clock[0].end()
 
 
-_callbacks_registered = [False]
-
-
 def _register_clock_callbacks() -> None:
     # Dynamo's callbacks are process-wide: registered once, they feed whichever module ran last (a lazy
-    # backward compile follows its own forward).
-    if not _callbacks_registered[0]:
-        from torch._dynamo.callback import callback_handler
+    # backward compile follows its own forward). torch._dynamo.reset() clears them, so look, not remember.
+    from torch._dynamo.callback import callback_handler
+    if _clock_start not in callback_handler.start_callbacks:
         callback_handler.register_start_callback(_clock_start)
+    if _clock_end not in callback_handler.end_callbacks:
         callback_handler.register_end_callback(_clock_end)
-        _callbacks_registered[0] = True
 
 
 def out_of_memory_in(error: BaseException) -> Optional[BaseException]:
