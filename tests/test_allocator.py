@@ -8,7 +8,8 @@ import torch
 from asl_ray.config import TrainConfig
 from asl_ray.vram.allocator import (AllocatorOutOfMemory, CachingAllocatorModel, ReplayPlan, least_need_bytes,
                                     replay)
-from asl_ray.vram.trace import mem_efficient_backward_scratch_bytes, trace_training_step
+from asl_ray.vram.attention import mem_efficient_backward_scratch_bytes
+from asl_ray.vram.trace import trace_training_step
 
 KiB, MiB = 1024, 1024 ** 2
 

@@ -104,7 +104,7 @@ from asl_ray.vram.allocator import (  # noqa: F401 (re-exported: importable from
     least_need_bytes, replay, replay_through_allocator)
 from asl_ray.vram.constants import MiB  # noqa: F401 (importable from here as before)
 from asl_ray.vram.trace import (  # noqa: F401 (re-exported, as above)
-    ALLOC, FREE, GRAD_READY, Trace, _BatchTemplate, mem_efficient_backward_scratch_bytes, trace_evaluation,
+    ALLOC, FREE, GRAD_READY, Trace, _BatchTemplate, trace_evaluation,
     trace_training_step)
 from asl_ray.vram.result import PART_LABELS, PARTS, VramEstimate, _TRACED_PARTS  # noqa: F401 (re-exported)
 from asl_ray.vram.shapes import drawn_lengths
