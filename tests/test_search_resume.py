@@ -1,7 +1,10 @@
 """Interrupt a real search (SIGINT as Ctrl-C, or SIGKILL as a crash) after a trial finished and while the next
 one is mid-fit, then --resume: nothing finished runs again, the interrupted trial continues from its Train
 checkpoint and ends ok with all its epochs, each counted once, and the study has no duplicate or orphan trials."""
+import contextlib
+import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,14 +23,36 @@ STEPS = 40  # a few seconds an epoch: the interrupt lands while the Train run is
 pytestmark = pytest.mark.slow
 
 
+def _storage_ready(db: Path) -> bool:
+    """Whether the search has finished creating its Optuna storage. Asked read-only: opening a half-made
+    SQLite storage with Optuna would create its tables too, racing the search's own creation of them."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+            return c.execute("SELECT COUNT(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
 def _finished_trials(db: Path, name: str) -> list:
-    if not db.exists():
+    if not db.exists() or not _storage_ready(db):
         return []
     try:
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     except Exception:  # study not created yet
         return []
     return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("status") != "rejected"]
+
+
+def _saved_trial_states(tune_dir: Path) -> dict:
+    """Trial id -> status in Tune's newest saved experiment state ({} while there is none, or mid-write)."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return {}
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"]
+        return {t["trial_id"]: t["status"] for t in (json.loads(entry[0]) for entry in trial_data)}
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return {}
 
 
 def _mid_fit_trial(tune_dir: Path, finished: set) -> str:
@@ -67,10 +92,12 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root
         while time.time() < deadline and proc.poll() is None:
             finished = {t.user_attrs["ray_trial_id"] for t in _finished_trials(root / "optuna.db", "r")}
             first_finished = first_finished or (time.time() if finished else None)
-            # Tune saves the experiment's state every 10 s: a kill after that keeps the finished trial.
-            saved = first_finished and (stop != signal.SIGKILL or time.time() - first_finished > 11)
-            mid_fit = _mid_fit_trial(root / "tune", finished) if saved else ""
-            if mid_fit:
+            mid_fit = _mid_fit_trial(root / "tune", finished) if first_finished else ""
+            # A SIGKILL loses what Tune has not saved yet (it saves its state every 10 s): kill only once
+            # its saved state holds the finished trial as TERMINATED and the mid-fit one as RUNNING.
+            saved = _saved_trial_states(root / "tune") if mid_fit and stop == signal.SIGKILL else {}
+            if mid_fit and (stop != signal.SIGKILL or (saved.get(mid_fit) == "RUNNING" and all(
+                    saved.get(t) == "TERMINATED" for t in finished))):
                 break
             time.sleep(0.3)
         assert proc.poll() is None and mid_fit, (tmp_path / "first.log").read_text()[-3000:]
