@@ -17,7 +17,7 @@ import yaml
 
 from conftest import REPO, write_search_space
 
-EPOCHS = 6
+EPOCHS = 16  # long enough that a trial is mid-fit for more than Tune's 10 s between saved states
 STEPS = 40  # a few seconds an epoch: the interrupt lands while the Train run is still training
 
 pytestmark = pytest.mark.slow
