@@ -17,6 +17,7 @@ Prints a table and writes bench/results/search_efficiency-<device>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -92,10 +93,8 @@ def run_own_session(cmd: list[str]) -> None:
             proc.wait()
             raise
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # nothing of the arm left
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # nothing of the arm left
     if rc != 0:
         raise subprocess.CalledProcessError(rc, cmd)
 
