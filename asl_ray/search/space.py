@@ -1,40 +1,60 @@
-"""Search-space YAML -> a validated SearchSpace: Optuna parameters, fixed keys, budget, baselines.
+"""Search-space YAML -> a validated SearchSpace: learning knobs (Optuna), execution plans, fixed keys, budget,
+baselines.
 
-A file looks like this (Optuna's own argument names under `params`):
+Two kinds of knobs. Learning knobs change the trained model and are what Optuna samples (`params`, Optuna's own
+argument names); `effective_batch_size` is one of them (micro-batch x accumulation: what one optimizer step sees).
+Execution knobs (EXECUTION_KEYS: micro-batch, precision, compile, ...) change only how a config runs: `plans` lists
+candidate values, and each learning config's plan is chosen by measuring a few optimizer steps of each candidate
+(`plan_search.mode: measure`), or Optuna samples them too (`mode: optuna`, the one-level search):
 
-    # python -m asl_ray.search --space search_spaces/rtx4070.yaml --data ~/asl-signs
+    # python -m asl_ray.search --space search_spaces/cpu-smoke.yaml
     gpu: rtx4070
     sampler: tpe            # tpe | nsga2 | grid (every combination of grid values, once)
     scheduler: asha         # asha | fifo
-    budget: {trials: 60, epochs: 12, grace_period: 2, reduction_factor: 3}
-    fixed: {num_workers: 4}
+    budget: {trials: 6, epochs: 6, grace_period: 2, reduction_factor: 2}
+    fixed: {depth: 1, num_workers: 1}
     params:
-      batch_size: {type: int, low: 4, high: 64, log: true}
-      precision: {type: categorical, choices: [fp16, bf16]}
-    baselines: [default, configs/fast.yaml]
+      effective_batch_size: {type: categorical, choices: [24, 48]}
+      dim: {type: categorical, choices: [32, 64]}
+    plans:
+      batch_size: [8, 12, 24, 48]     # gradient_accumulation_steps = effective_batch_size / batch_size
+    plan_search: {mode: measure, warmup_steps: 2, steps: 3, max_plans: 8}
+    confirm: {seeds: 2, finalists: 2}
+    baselines: [default, configs/fast.yaml, {effective_batch_size: 48, dim: 64, batch_size: 12}]
 
-Everything is checked before Ray starts; every problem is reported in one line naming file and key.
-This module does not import Ray.
+Everything is checked before Ray starts; every problem is reported in one line naming file and key
+(section checks: asl_ray/search/space_yaml.py). This module does not import Ray.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 import yaml
 
-from asl_ray.config import FIELD_NAMES, ConfigError, TrainConfig, load_config_yaml
+from asl_ray.config import ConfigError, TrainConfig, load_config_yaml
+from asl_ray.search import space_yaml as sections
+from asl_ray.search.space_yaml import (  # noqa: F401  (re-exported: the space's public names live here)
+    ACCUMULATION,
+    BUDGET_OWNED_KEYS,
+    EFFECTIVE_BATCH,
+    EXECUTION_KEYS,
+    PARAM_TYPES,
+    PLAN_SEARCH_MODES,
+    Budget,
+    ConfirmSettings,
+    Param,
+    PlanSearchSettings,
+)
 
-PARAM_TYPES = ("int", "float", "categorical")
 SAMPLERS = ("tpe", "nsga2", "grid")
 SCHEDULERS = ("asha", "fifo")
-TOP_KEYS = ("gpu", "headroom_mb", "sampler", "scheduler", "seed", "budget", "fixed", "params", "baselines")
+TOP_KEYS = ("gpu", "headroom_mb", "sampler", "scheduler", "seed", "budget", "fixed", "params", "plans",
+            "plan_search", "confirm", "baselines")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUDGET_OWNED_KEYS = ("epochs", "max_steps_per_epoch")
-"""TrainConfig keys every trial takes from `budget` (ASHA's max_t, the per-epoch cap): never fixed or searched."""
 
 
 class SpaceError(ValueError):
@@ -42,104 +62,153 @@ class SpaceError(ValueError):
 
 
 @dataclass(frozen=True)
-class Budget:
-    trials: int = 12
-    """Trials Optuna proposes (baselines included); configs rejected for VRAM do not count."""
-    epochs: int = 4
-    """Epochs per trial: ASHA's max_t."""
-    grace_period: int = 1
-    """Epochs every trial gets before ASHA may stop it."""
-    reduction_factor: int = 3
-    """ASHA's reduction factor."""
-    max_steps_per_epoch: int = 0
-    """Cap on micro-batches per epoch for every trial (0: full epochs)."""
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    type: str
-    low: Optional[float] = None
-    high: Optional[float] = None
-    log: bool = False
-    step: Optional[float] = None
-    choices: tuple = ()
-
-    def suggest(self, trial) -> Any:
-        """Ask an Optuna trial for this parameter (define-by-run)."""
-        if self.type == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
-        suggest = trial.suggest_int if self.type == "int" else trial.suggest_float
-        kwargs: dict[str, Any] = {"log": self.log}
-        if self.step is not None:
-            kwargs["step"] = self.step
-        return suggest(self.name, self.low, self.high, **kwargs)
-
-    def contains(self, value: Any) -> bool:
-        if self.type == "categorical":
-            return value in self.choices
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
-
-    def grid_values(self, max_points: int = 6) -> list:
-        """A few representative values (all choices; a log/linear ladder for numbers)."""
-        if self.type == "categorical":
-            return list(self.choices)
-        if self.type == "int":
-            if self.log:
-                vals, v = [], int(self.low)
-                while v <= self.high:
-                    vals.append(v)
-                    v *= 2
-                return sorted(set(vals + [int(self.high)]))
-            step = int(self.step or max(1, (self.high - self.low) // (max_points - 1)))
-            return list(range(int(self.low), int(self.high) + 1, step))
-        if self.log:
-            return [self.low * (self.high / self.low) ** (i / (max_points - 1)) for i in range(max_points)]
-        return [self.low + (self.high - self.low) * i / (max_points - 1) for i in range(max_points)]
-
-
-@dataclass(frozen=True)
 class SearchSpace:
     path: Path
+    """The space file."""
     gpu: str
+    """Card name, size in GiB, or 'auto' (asl_ray.vram.cards)."""
     headroom_mb: float
+    """MiB of the card left unused by the VRAM-fit check."""
     sampler: str
+    """Optuna sampler: tpe, nsga2 or grid."""
     scheduler: str
+    """Tune scheduler: asha or fifo."""
     seed: int
+    """The sampler's seed."""
     budget: Budget
+    """Trials, epochs per trial and ASHA's rungs."""
     fixed: Mapping[str, Any]
+    """TrainConfig keys every trial shares (may hold effective_batch_size)."""
     params: tuple[Param, ...]
-    baselines: tuple[Mapping[str, Any], ...] = field(default_factory=tuple)
-    baseline_names: tuple[str, ...] = field(default_factory=tuple)
+    """Learning knobs, in the file's order."""
+    plans: Mapping[str, tuple] = field(default_factory=dict)
+    """Execution key -> candidate values, in the file's order; batch_size is always present (the base config's
+    micro-batch when the file lists none)."""
+    plan_search: PlanSearchSettings = field(default_factory=PlanSearchSettings)
+    """How a learning config's plan is chosen."""
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+    """Fresh-seed re-training of the finalists."""
+    baselines: tuple[Mapping[str, Any], ...] = ()
+    """Optuna values of each baseline for the current plan_search mode: learning values (mode measure), plus a
+    value for every plans key (mode optuna)."""
+    baseline_names: tuple[str, ...] = ()
+    """'default', a preset's stem, or 'baseline<i>' for a mapping."""
+    baseline_plans: tuple[Mapping[str, Any], ...] = ()
+    """The plan keys each baseline pins (passed as `pinned` to plan_candidates); {} pins nothing."""
 
+    # ---- configs ---------------------------------------------------------------------------------
     def base_config(self) -> TrainConfig:
-        """Defaults + `fixed` + the budget's per-trial settings: what every trial starts from."""
+        """Defaults + `fixed` (less effective_batch_size, which `config_for` applies) + the budget's per-trial
+        settings: what every trial starts from."""
         extra = {"epochs": self.budget.epochs, "max_steps_per_epoch": self.budget.max_steps_per_epoch}
-        return TrainConfig().with_overrides({**extra, **self.fixed}, source=f"{self.path}: fixed")
+        fixed = {k: v for k, v in self.fixed.items() if k != EFFECTIVE_BATCH}
+        return TrainConfig().with_overrides({**extra, **fixed}, source=f"{self.path}: fixed")
 
-    def param_names(self) -> list[str]:
-        """The searched TrainConfig keys, in the file's order: the parameter columns of every result."""
-        return [p.name for p in self.params]
+    def effective_batch_for(self, values: Mapping[str, Any]) -> int:
+        """The effective batch of a learning config: its own, else fixed's, else the base config's."""
+        if EFFECTIVE_BATCH in values:
+            return values[EFFECTIVE_BATCH]
+        if EFFECTIVE_BATCH in self.fixed:
+            return self.fixed[EFFECTIVE_BATCH]
+        return self.base_config().effective_batch_size()
 
     def config_for(self, values: Mapping[str, Any]) -> TrainConfig:
-        return self.base_config().with_overrides(values, source=f"{self.path}: params")
+        """The TrainConfig of learning values (+ optionally plan keys): batch_size from values, else the base's;
+        gradient_accumulation_steps = effective batch / batch_size. ConfigError when it does not divide."""
+        values = dict(values)
+        base = self.base_config()
+        effective = self.effective_batch_for(values)
+        values.pop(EFFECTIVE_BATCH, None)
+        batch = values.get("batch_size", base.batch_size)
+        if not (sections.value_matches(batch, int) and batch > 0):
+            return base.with_overrides(values, source=f"{self.path}: params")  # names the bad batch_size
+        if effective % batch:
+            raise ConfigError(f"{self.path}: {EFFECTIVE_BATCH} {effective} is not a multiple of batch_size {batch}")
+        accumulation = effective // batch
+        if values.get(ACCUMULATION, accumulation) != accumulation:
+            raise ConfigError(f"{self.path}: {ACCUMULATION} {values[ACCUMULATION]} is not {EFFECTIVE_BATCH} "
+                              f"{effective} / batch_size {batch}")
+        return base.with_overrides({**values, "batch_size": batch, ACCUMULATION: accumulation},
+                                   source=f"{self.path}: params")
+
+    def plan_candidates(self, values: Mapping[str, Any], pinned: Optional[Mapping[str, Any]] = None
+                        ) -> list[TrainConfig]:
+        """Every combination of plans values whose batch_size divides the effective batch, as full TrainConfigs:
+        batch_size descending, then the file's order. A pinned key (or a plans key present in `values`, as in
+        mode optuna) takes only its value, which may lie outside the plans values. [] when no micro-batch divides."""
+        pinned = dict(pinned or {})
+        for k in self.plans:
+            if k in values:
+                pinned.setdefault(k, values[k])
+        stray = sorted(set(pinned) - set(self.plans))
+        if stray:
+            raise ValueError(f"plan_candidates: pinned key(s) {', '.join(stray)} are not plans keys "
+                             f"({', '.join(self.plans)})")
+        learning = {k: v for k, v in values.items() if k not in self.plans and k != ACCUMULATION}
+        effective = self.effective_batch_for(learning)
+        names = list(self.plans)
+        options = [(pinned[k],) if k in pinned else self.plans[k] for k in names]
+        combos = [dict(zip(names, combo)) for combo in itertools.product(*options)]
+        combos = [c for c in combos if effective % c["batch_size"] == 0]
+        combos.sort(key=lambda c: -c["batch_size"])  # stable: the file's order within one micro-batch
+        return [self.config_for({**learning, **c}) for c in combos]
+
+    def plan_of(self, cfg: TrainConfig) -> dict[str, Any]:
+        """A config's values of `plan_names()`: the plan columns of a result row."""
+        return {k: getattr(cfg, k) for k in self.plan_names()}
+
+    # ---- names and Optuna ----------------------------------------------------------------------
+    def param_names(self) -> list[str]:
+        """The learning keys, in the file's order: the parameter columns of every result."""
+        return [p.name for p in self.params]
+
+    def plan_names(self) -> list[str]:
+        """The plans keys, with gradient_accumulation_steps right after batch_size."""
+        out = []
+        for k in self.plans:
+            out += [k, ACCUMULATION] if k == "batch_size" else [k]
+        return out
+
+    def optuna_params(self) -> tuple[Param, ...]:
+        """What Optuna samples: the learning knobs (mode measure), plus one categorical per plans key (mode optuna)."""
+        if self.plan_search.mode == "measure":
+            return self.params
+        return self.params + tuple(Param(k, "categorical", choices=tuple(v)) for k, v in self.plans.items())
+
+    def with_plan_search_mode(self, mode: str) -> SearchSpace:
+        """The same space under another plan_search mode (its baselines' Optuna values recomputed)."""
+        problems: list[str] = []
+        sections.choice(mode, "plan_search.mode", PLAN_SEARCH_MODES, problems)
+        if problems:
+            raise SpaceError(f"{self.path}: " + "; ".join(problems))
+        space = dataclasses.replace(self, plan_search=dataclasses.replace(self.plan_search, mode=mode))
+        names = self.param_names()
+        learning = [{k: b[k] for k in names} for b in self.baselines]
+        baselines = _optuna_baselines(space, learning, problems)
+        if problems:
+            raise SpaceError(f"{self.path}: " + "; ".join(problems))
+        return dataclasses.replace(space, baselines=baselines)
 
     def grid(self) -> Iterator[dict[str, Any]]:
-        """Every combination of the parameters' grid values (the VRAM table, and `sampler: grid`)."""
-        names = [p.name for p in self.params]
-        for combo in itertools.product(*(p.grid_values() for p in self.params)):
+        """Every combination of the Optuna parameters' grid values (`sampler: grid`, the fit table)."""
+        params = self.optuna_params()
+        names = [p.name for p in params]
+        for combo in itertools.product(*(p.grid_values() for p in params)):
             yield dict(zip(names, combo))
-
 
     def grid_size(self) -> int:
         size = 1
-        for p in self.params:
+        for p in self.optuna_params():
             size *= len(p.grid_values())
         return size
 
     def trials_to_run(self, requested: int) -> int:
         """A grid runs each point once: more trials than points would only repeat them."""
         return min(requested, self.grid_size()) if self.sampler == "grid" else requested
+
+
+def space_param(space: SearchSpace, name: str) -> Param:
+    return next(p for p in space.optuna_params() if p.name == name)
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -153,241 +222,151 @@ def load_space(path: str | Path) -> SearchSpace:
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: expected a mapping with keys {', '.join(TOP_KEYS)}")
     problems: list[str] = []
-    unknown = sorted(set(raw) - set(TOP_KEYS))
+    unknown = sorted(set(raw) - set(TOP_KEYS), key=str)
     if unknown:
-        problems.append(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(TOP_KEYS)})")
+        problems.append(f"unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(TOP_KEYS)})")
 
     gpu = raw.get("gpu", "rtx4070")  # noqa: the file's own optional keys, defaults stated here once
-    _check_card(gpu, problems)
-    headroom = _number(raw.get("headroom_mb", 512), "headroom_mb", problems, minimum=0)
-    sampler = _choice(raw.get("sampler", "tpe"), "sampler", SAMPLERS, problems)
-    scheduler = _choice(raw.get("scheduler", "asha"), "scheduler", SCHEDULERS, problems)
-    seed = _integer(raw.get("seed", 0), "seed", problems, minimum=0)
-    budget = _budget(raw.get("budget", {}), problems)
-    fixed = _fixed(raw.get("fixed", {}), problems)
-    params = _params(raw.get("params"), fixed, problems)
-    space = None
+    sections.check_card(gpu, problems)
+    headroom = sections.number(raw.get("headroom_mb", 512), "headroom_mb", problems, minimum=0)
+    sampler = sections.choice(raw.get("sampler", "tpe"), "sampler", SAMPLERS, problems)
+    scheduler = sections.choice(raw.get("scheduler", "asha"), "scheduler", SCHEDULERS, problems)
+    seed = sections.integer(raw.get("seed", 0), "seed", problems, minimum=0)
+    budget = sections.budget(raw.get("budget", {}), problems)
+    fixed = sections.fixed(raw.get("fixed", {}), problems)
+    params = sections.params(raw.get("params"), fixed, problems)
+    plans = sections.plans(raw.get("plans"), fixed, problems)
+    plan_search = sections.plan_search(raw.get("plan_search", {}), problems)
+    confirm = sections.confirm(raw.get("confirm", {}), problems)
+    if problems:
+        raise SpaceError(f"{path}: " + "; ".join(problems))
+
+    space = SearchSpace(path, gpu, headroom, sampler, scheduler, seed, budget, fixed, params, plans,
+                        plan_search, confirm)
+    try:
+        base = space.base_config()
+    except ConfigError as e:
+        raise SpaceError(f"{path}: " + str(e).replace(f"{path}: ", "")) from None
+    sections.check_plan_values(plans, base, problems)
+    if "batch_size" not in plans:
+        plans = {"batch_size": (base.batch_size,), **plans}
+    space = dataclasses.replace(space, plans=plans)
     if not problems:
-        space = SearchSpace(path, gpu, headroom, sampler, scheduler, seed, budget, fixed, params)
-        try:
-            space.base_config()
-        except ConfigError as e:
-            problems.append(str(e).replace(f"{path}: ", ""))
+        _check_divisors(space, "batch_size" in (raw.get("plans") or {}), problems)
     if not problems:
-        baselines, names = _baselines(raw.get("baselines", []), space, problems)
-        space = SearchSpace(path, gpu, headroom, sampler, scheduler, seed, budget, fixed, params, baselines, names)
+        learning, names, pinned = _baselines(raw.get("baselines", []), space, problems)
+        space = dataclasses.replace(space, baseline_names=names, baseline_plans=pinned)
+        space = dataclasses.replace(space, baselines=_optuna_baselines(space, learning, problems))
     if problems:
         raise SpaceError(f"{path}: " + "; ".join(problems))
     return space
 
 
-# ---- checks: each appends "key: problem" -----------------------------------------------------
+# ---- whole-space checks: each appends "key: problem" -----------------------------------------------
 
-def _check_card(gpu: Any, problems: list[str]) -> None:
-    from asl_ray.vram.cards import CardError, resolve_card
-    if not isinstance(gpu, (str, int, float)) or isinstance(gpu, bool):
-        problems.append(f"gpu: expected a card name or a size in GiB, got {gpu!r}")
+def _check_divisors(space: SearchSpace, listed: bool, problems: list[str]) -> None:
+    """Every categorical effective batch (or the fixed / base one) needs a micro-batch that divides it; an
+    int-range effective batch may hold values without one (the searcher records those as no_plan)."""
+    micro = list(space.plans["batch_size"])
+    source = f"plans.batch_size {micro}" if listed else f"batch_size {micro[0]} (fixed or default; no plans.batch_size)"
+    param = next((p for p in space.params if p.name == EFFECTIVE_BATCH), None)
+    if param is not None:
+        if param.type == "categorical":
+            for e in param.choices:
+                if not any(e % b == 0 for b in micro):
+                    problems.append(f"params.{EFFECTIVE_BATCH}: {e} is divided by no {source}")
         return
-    if str(gpu).lower() == "auto":
-        return  # resolved when the search starts, on the machine that runs it
-    try:
-        resolve_card(str(gpu))
-    except CardError as e:
-        problems.append(f"gpu: {e}")
+    effective = space.effective_batch_for({})
+    if not any(effective % b == 0 for b in micro):
+        where = f"fixed.{EFFECTIVE_BATCH}" if EFFECTIVE_BATCH in space.fixed else \
+            f"{EFFECTIVE_BATCH} (defaults' batch_size x {ACCUMULATION}; fix or search it)"
+        problems.append(f"{where}: {effective} is divided by no {source}")
 
 
-def _number(v: Any, key: str, problems: list[str], minimum: Optional[float] = None) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        problems.append(f"{key}: expected a number, got {v!r}")
-        return 0.0
-    if not math.isfinite(v):
-        problems.append(f"{key}: must be a finite number, got {v!r}")
-        return 0.0
-    if minimum is not None and v < minimum:
-        problems.append(f"{key}: must be >= {minimum}, got {v!r}")
-    return float(v)
-
-
-def _integer(v: Any, key: str, problems: list[str], minimum: Optional[int] = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        problems.append(f"{key}: expected a whole number, got {v!r}")
-        return 0
-    if minimum is not None and v < minimum:
-        problems.append(f"{key}: must be >= {minimum}, got {v!r}")
-    return v
-
-
-def _choice(v: Any, key: str, allowed: tuple, problems: list[str]) -> str:
-    if v not in allowed:
-        problems.append(f"{key}: must be one of {', '.join(allowed)}, got {v!r}")
-    return v
-
-
-def _budget(raw: Any, problems: list[str]) -> Budget:
-    if not isinstance(raw, dict):
-        problems.append(f"budget: expected a mapping, got {raw!r}")
-        return Budget()
-    known = [f.name for f in fields(Budget)]
-    for k in sorted(set(raw) - set(known)):
-        problems.append(f"budget.{k}: unknown key (known: {', '.join(known)})")
-    values = {}
-    for k in known:
-        if k in raw:
-            minimum = 0 if k == "max_steps_per_epoch" else (2 if k == "reduction_factor" else 1)
-            values[k] = _integer(raw[k], f"budget.{k}", problems, minimum=minimum)
-    budget = Budget(**values)
-    if budget.grace_period > budget.epochs:
-        problems.append(f"budget.grace_period: {budget.grace_period} exceeds budget.epochs ({budget.epochs})")
-    return budget
-
-
-def _fixed(raw: Any, problems: list[str]) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        problems.append(f"fixed: expected a mapping of TrainConfig keys, got {raw!r}")
-        return {}
-    for k in sorted(set(raw) - set(FIELD_NAMES)):
-        problems.append(f"fixed.{k}: not a TrainConfig key")
-    for k in sorted(set(raw) & set(BUDGET_OWNED_KEYS)):
-        problems.append(f"fixed.{k}: set by budget.{k}, not here")
-    for k, v in raw.items():
-        if _not_finite(v):
-            problems.append(f"fixed.{k}: must be a finite number, got {v!r}")
-    return {k: v for k, v in raw.items() if k in FIELD_NAMES and k not in BUDGET_OWNED_KEYS}
-
-
-def _params(raw: Any, fixed: Mapping[str, Any], problems: list[str]) -> tuple[Param, ...]:
-    if not isinstance(raw, dict) or not raw:
-        problems.append("params: expected a non-empty mapping of TrainConfig keys to {type, ...}")
-        return ()
-    out = []
-    for name, spec in raw.items():
-        key = f"params.{name}"
-        if name not in FIELD_NAMES:
-            problems.append(f"{key}: not a TrainConfig key")
-            continue
-        if name in BUDGET_OWNED_KEYS:
-            problems.append(f"{key}: set by budget.{name}, not searched")
-            continue
-        if name in fixed:
-            problems.append(f"{key}: also in fixed; a key is either searched or fixed")
-        param = _param(name, spec, key, problems)
-        if param is not None:
-            out.append(param)
-    return tuple(out)
-
-
-def _param(name: str, spec: Any, key: str, problems: list[str]) -> Optional[Param]:
-    if not isinstance(spec, dict):
-        problems.append(f"{key}: expected a mapping like {{type: int, low: 1, high: 8}}, got {spec!r}")
-        return None
-    kind = spec.get("type")
-    if kind not in PARAM_TYPES:
-        problems.append(f"{key}.type: must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
-        return None
-    allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log", "step"}
-    for k in sorted(set(spec) - allowed):
-        problems.append(f"{key}.{k}: not an argument of a {kind} parameter (allowed: {', '.join(sorted(allowed))})")
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            problems.append(f"{key}.choices: expected a non-empty list, got {choices!r}")
-            return None
-        for c in choices:
-            if _not_finite(c):
-                problems.append(f"{key}.choices: {c!r} is not a finite number")
-        if len(set(map(repr, choices))) != len(choices):
-            problems.append(f"{key}.choices: duplicates in {choices!r}")
-        expected = _FIELD_KIND[name]
-        for c in choices:
-            if not _value_matches(c, expected):
-                problems.append(f"{key}.choices: {c!r} is not a {expected.__name__}")
-        return Param(name, kind, choices=tuple(choices))
-    expected_num = _FIELD_KIND[name]
-    if kind == "int" and expected_num is not int:
-        problems.append(f"{key}.type: {name} is a {expected_num.__name__}, not an int")
-    if kind == "float" and expected_num is not float:
-        problems.append(f"{key}.type: {name} is a {expected_num.__name__}, use type: int or categorical")
-    number = int if kind == "int" else (int, float)
-    low, high = spec.get("low"), spec.get("high")
-    ok = True
-    for arg, v in (("low", low), ("high", high)):
-        if isinstance(v, bool) or not isinstance(v, number):
-            problems.append(f"{key}.{arg}: expected a{'n int' if kind == 'int' else ' number'}, got {v!r}")
-            ok = False
-        elif _not_finite(v):
-            problems.append(f"{key}.{arg}: must be a finite number, got {v!r}")
-            ok = False
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        problems.append(f"{key}.log: expected true or false, got {log!r}")
-        ok = False
-    step = spec.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, number) or _not_finite(step)
-                             or step <= 0):
-        problems.append(f"{key}.step: expected a positive number, got {step!r}")
-        ok = False
-    if not ok:
-        return None
-    if low > high:
-        problems.append(f"{key}: low ({low}) > high ({high})")
-        return None
-    if log and low <= 0:
-        problems.append(f"{key}: log scale needs low > 0, got {low}")
-        return None
-    if log and step is not None:
-        problems.append(f"{key}: Optuna does not take step together with log")
-        return None
-    return Param(name, kind, low=low, high=high, log=log, step=step)
-
-
-def _not_finite(v: Any) -> bool:
-    """NaN passes every comparison check (`low > high`, `step <= 0`), so each float is tested on its own."""
-    return isinstance(v, float) and not math.isfinite(v)
-
-
-def _value_matches(v: Any, expected: type) -> bool:
-    if expected is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if expected is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    return isinstance(v, expected)
-
-
-def _baselines(raw: Any, space: SearchSpace, problems: list[str]) -> tuple[tuple[dict, ...], tuple[str, ...]]:
-    """Each baseline -> the values of the searched params (what Optuna is asked to evaluate first)."""
+def _baselines(raw: Any, space: SearchSpace, problems: list[str]
+               ) -> tuple[list[dict], tuple[str, ...], tuple[dict, ...]]:
+    """Each baseline -> (its learning values, its name, the plan keys it pins)."""
     if not isinstance(raw, list):
         problems.append(f"baselines: expected a list of 'default', preset paths or mappings, got {raw!r}")
-        return (), ()
-    out, names = [], []
+        return [], (), ()
+    base = space.base_config()
+    names, learning, pinned = [], [], []
+    searched = set(space.param_names()) | set(space.plans)
     for i, item in enumerate(raw):
         key = f"baselines[{i}]"
         try:
             if item == "default":
-                cfg, name = space.base_config(), "default"
+                cfg, name, explicit, effective = base, "default", {"batch_size"}, base.effective_batch_size()
             elif isinstance(item, str):
                 preset = Path(item) if Path(item).is_absolute() else REPO_ROOT / item
-                cfg, name = load_config_yaml(preset, base=space.base_config()), Path(item).stem
+                cfg, name = load_config_yaml(preset, base=base), Path(item).stem
+                explicit = {"batch_size"} | set(yaml.safe_load(preset.read_text()) or {})
+                effective = cfg.effective_batch_size()
             elif isinstance(item, dict):
-                cfg, name = space.base_config().with_overrides(item, source=key), f"baseline{i}"
+                bad = [f"{key}.{k}: {sections.ACCUMULATION_HINT}; give {EFFECTIVE_BATCH}" if k == ACCUMULATION else
+                       f"{key}.{k}: neither a params nor a plans key (a baseline sets searched keys only)"
+                       for k in item if k not in searched]
+                if bad:
+                    problems.extend(bad)
+                    continue
+                cfg = base.with_overrides({k: v for k, v in item.items() if k != EFFECTIVE_BATCH}, source=key)
+                name, explicit = f"baseline{i}", set(item)
+                effective = item.get(EFFECTIVE_BATCH, space.effective_batch_for({}))
             else:
                 problems.append(f"{key}: expected 'default', a preset path or a mapping, got {item!r}")
                 continue
         except ConfigError as e:
             problems.append(f"{key}: {e}")
             continue
-        values = {p.name: getattr(cfg, p.name) for p in space.params}
+        values = {p.name: effective if p.name == EFFECTIVE_BATCH else getattr(cfg, p.name) for p in space.params}
         outside = [f"{k}={v!r}" for k, v in values.items() if not space_param(space, k).contains(v)]
         if outside:
             problems.append(f"{key} ({name}): {', '.join(outside)} outside params")
             continue
-        out.append(values)
+        plan = {k: getattr(cfg, k) for k in space.plans if k in explicit}
+        if not _runnable(space, values, plan, f"{key} ({name})", problems):
+            continue
         names.append(name)
-    return tuple(out), tuple(names)
+        learning.append(values)
+        pinned.append(plan)
+    return learning, tuple(names), tuple(pinned)
 
 
-def space_param(space: SearchSpace, name: str) -> Param:
-    return next(p for p in space.params if p.name == name)
+def _runnable(space: SearchSpace, values: dict, plan: dict, key: str, problems: list[str]) -> bool:
+    if "batch_size" in plan:
+        try:
+            space.config_for({**values, **plan})
+        except ConfigError as e:
+            problems.append(f"{key}: {str(e).replace(f'{space.path}: ', '')}")
+            return False
+        return True
+    if not space.plan_candidates(values, plan):
+        problems.append(f"{key}: {EFFECTIVE_BATCH} {space.effective_batch_for(values)} is divided by no "
+                        f"plans.batch_size {list(space.plans['batch_size'])}")
+        return False
+    return True
 
 
-_FIELD_KIND = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)] for f in fields(TrainConfig)}
-
+def _optuna_baselines(space: SearchSpace, learning: list[dict], problems: list[str]) -> tuple[dict, ...]:
+    """Mode measure: the learning values. Mode optuna: plus a value for every plans key: the pinned one (which
+    must be among the plans values), else the base config's if listed, else the first listed (for batch_size:
+    the first that divides the effective batch)."""
+    if space.plan_search.mode == "measure":
+        return tuple(dict(v) for v in learning)
+    base = space.base_config()
+    out = []
+    for i, (values, plan) in enumerate(zip(learning, space.baseline_plans)):
+        chosen = dict(values)
+        for k, options in space.plans.items():
+            if k in plan:
+                if plan[k] not in options:
+                    problems.append(f"baselines[{i}] ({space.baseline_names[i]}): {k}={plan[k]!r} not among "
+                                    f"plans.{k} {list(options)} (plan_search mode optuna samples only those)")
+                chosen[k] = plan[k]
+                continue
+            if k == "batch_size":
+                effective = space.effective_batch_for(values)
+                options = [b for b in options if effective % b == 0] or options
+            chosen[k] = getattr(base, k) if getattr(base, k) in options else options[0]
+        out.append(chosen)
+    return tuple(out)

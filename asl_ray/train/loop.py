@@ -193,7 +193,8 @@ def evaluate(s: Session) -> dict[str, float]:
         loss_sum += criterion(logits, batch.y)
         correct += int((logits.argmax(-1) == batch.y).sum())
         total += len(batch)
-    return {"val_loss": float(loss_sum) / max(1, total), "val_acc": correct / max(1, total)}
+    # val_samples: the binomial standard error of val_acc needs the count it is a fraction of.
+    return {"val_loss": float(loss_sum) / max(1, total), "val_acc": correct / max(1, total), "val_samples": total}
 
 
 def checkpoint_state(s: Session) -> dict[str, Any]:
