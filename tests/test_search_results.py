@@ -1,77 +1,126 @@
-"""From Tune results to trials.parquet, best_config.yaml and report.md, without a cluster: the parameter
-columns are the space's own keys (any TrainConfig key, e.g. kernel_size), epochs are counted on the Train
-side, and every memory figure is labelled for what it is (measured CUDA, predicted with/without the CUDA
-context, host RSS), beside the precision configured and the one that ran.
+"""The search's result files from trial rows built here (no Ray, no Tune): trials.parquet/.csv, then with
+confirmation runs confirm.parquet, pareto.png, curves.png, a best_config.yaml that `python -m asl_ray.train
+--config` reads (the chosen plan's micro-batch x accumulation, never effective_batch_size), and report.md
+with the runner-up plans, the confirmation runs and the comparison with the seed's default at the noise."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
 
-The inputs are real `ray.tune.Result` objects as Tune builds them from a trial (metrics + progress.csv
-rows); a resumed trial's progress.csv holds the rows of both attempts, Tune's iteration restarting at 1."""
-import math
-
-import optuna
 import pandas as pd
 import yaml
-from ray.tune import Result
 
+from asl_ray.config import TrainConfig, load_config_yaml
 from asl_ray.search import report
-from asl_ray.search.experiment import Experiment, result_rows
-from asl_ray.search.session import SearchPlan, write_results
-from asl_ray.search.space import load_space
-from asl_ray.vram.cards import resolve_card
+from asl_ray.search.results import write_results, write_trials
+from asl_ray.search.select import Selection
+
+LEARNING = ["effective_batch_size", "dim", "max_len"]
+PLANS = ["batch_size", "gradient_accumulation_steps", "precision"]
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _space(tmp_path):
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump({
-        "gpu": 0.7, "headroom_mb": 0, "budget": {"trials": 2, "epochs": 2, "max_steps_per_epoch": 2},
-        "fixed": {"depth": 1, "dim": 32, "max_len": 32, "precision": "fp16", "num_workers": 0},
-        "params": {"kernel_size": {"type": "categorical", "choices": [3, 5]},
-                   "batch_size": {"type": "categorical", "choices": [8, 16]}}}))
-    return load_space(path)
+def stand_in_config(root: Path, confirm_seeds: int = 2, **selection) -> SimpleNamespace:
+    """What results reads of a SearchConfig (asl_ray/search/config.py)."""
+    base = TrainConfig(depth=1, num_workers=0, lr_per_64=4e-3, epochs=6, max_steps_per_epoch=4)
+    space = SimpleNamespace(path=Path("search_spaces/cpu-smoke.yaml"), scheduler="asha",
+                            budget=SimpleNamespace(trials=6, epochs=6, grace_period=2, reduction_factor=2),
+                            param_names=lambda: list(LEARNING), plan_names=lambda: list(PLANS),
+                            base_config=lambda: base, baselines=({"effective_batch_size": 48},),
+                            baseline_names=("default",))
+    card = SimpleNamespace(name="rtx4070", usable_bytes=11 * 2 ** 30, describe=lambda: "rtx4070 (11 GiB usable)")
+    return SimpleNamespace(root=root, card=card, space=space, selection=Selection(**selection), data=Path("data/x"),
+                           confirm_seeds=confirm_seeds, finalists=2, num_classes=10)
 
 
-def _result(tmp_path, trial_id, values, accs, iterations, seconds):
-    epochs = [{"epoch": i, "val_acc": a, "samples_per_s": 100.0 + 10 * i, "rss_peak_mb": 500.0 + i,
-               "precision": "fp32", "epochs_done": i + 1, "training_iteration": it, "time_this_iter_s": s,
-               "epoch_seconds": s - 1, "status": "ok", "feasible": True}
-              for i, (a, it, s) in enumerate(zip(accs, iterations, seconds))]
-    last = {**epochs[-1], "trial_id": trial_id, "time_total_s": seconds[-1], "device": "cpu",
-            "loop_seconds_total": sum(s - 1 for s in seconds),  # the Train side's, every epoch of the run
-            "config": {"train_loop_config": values}}
-    return Result(metrics=last, checkpoint=None, error=None, path=str(tmp_path / "tune" / trial_id),
-                  metrics_dataframe=pd.DataFrame(epochs))
+def row(trial_id, status, acc, speed, eff=48, bs=12, dim=64, baseline="", curve=None, **extra) -> dict:
+    runner_ups = [{"plan": "8x6", "status": "ok", "samples_per_s": speed * 0.8, "peak_reserved_mb": float("nan")},
+                  {"plan": "48x1", "status": "oom", "samples_per_s": float("nan"), "peak_reserved_mb": float("nan")}]
+    return {"trial_id": trial_id, "status": status, "feasible": status in ("ok", "stopped"), "baseline": baseline,
+            "effective_batch_size": eff, "dim": dim, "max_len": 64, "batch_size": bs,
+            "gradient_accumulation_steps": eff // bs if bs else None, "precision": "fp16", "precision_run": "fp32",
+            "effective_batch": eff, "epochs_run": 6 if status == "ok" else 2, "seed": 42, "val_acc": acc,
+            "val_samples": 400, "samples_per_s": speed, "plan": f"{bs}x{eff // bs}" if bs else "",
+            "plan_samples_per_s": speed * 1.1, "plan_peak_reserved_mb": float("nan"),
+            "plan_runner_ups": json.dumps(runner_ups), "plans_measured": 3, "plans_from_cache": 0,
+            "plans_rejected": 1, "plan_search_seconds": 4.2,
+            "val_acc_curve": json.dumps(curve if curve is not None else [0.08, acc / 2, acc, acc, acc, acc]),
+            "cuda_max_reserved_mb": float("nan"), "cuda_max_allocated_mb": float("nan"),
+            "predicted_reserved_mb": 300.0, "predicted_total_mb": 800.0, "predicted_fit_mb": 900.0,
+            "rss_peak_mb": 501.0, "device": "cpu", "node_id": "n", "hostname": "h", "trial_seconds": 30.0,
+            "loop_seconds": 25.0, "error": "", **extra}
 
 
-def test_results_use_the_space_keys_train_side_epochs_and_labelled_memory(tmp_path, capsys):
-    space = _space(tmp_path)
-    root = tmp_path / "runs" / "r"
-    root.mkdir(parents=True)
-    exp = Experiment(space=space, card=resolve_card("0.7", 0), root=root, cache_path=tmp_path / "cache",
-                     num_classes=10, trials=2, emulate=False)
-    optuna.create_study(study_name="r", storage=exp.storage_url(), directions=["maximize", "maximize"])
-    grid = [  # "a" was resumed after its first epoch: Tune's iteration restarted at 1
-        _result(tmp_path, "a", {"kernel_size": 5, "batch_size": 8}, [0.4, 0.6], [1, 1], [3.0, 4.0]),
-        _result(tmp_path, "b", {"kernel_size": 3, "batch_size": 16}, [0.3, 0.5], [1, 2], [2.0, 2.0])]
-    df = report.trials_frame(result_rows(grid, exp))
-    rows = df.set_index("trial_id")
-    assert list(rows["status"]) == ["ok", "ok"] and list(rows["epochs_run"]) == [2, 2]
-    assert rows.loc["a", "trial_seconds"] == 7.0 and rows.loc["a", "loop_seconds"] == 5.0
-    assert list(rows["kernel_size"]) == [5, 3]
-    assert set(rows["precision"]) == {"fp16"} and set(rows["precision_run"]) == {"fp32"}  # CPU ran fp32
-    assert rows["cuda_max_reserved_mb"].isna().all()  # no CUDA figure on a CPU run
-    assert list(rows["rss_peak_mb"]) == [501.0, 501.0]
-    assert (rows["predicted_total_mb"] > rows["predicted_reserved_mb"]).all()  # the context is in the total only
-    assert (rows["predicted_fit_mb"] > 0).all()  # the verdict's figure, beside the two peaks
-    assert "peak_memory_mb" not in df and "predicted_peak_mb" not in df
+def frame() -> pd.DataFrame:
+    return report.trials_frame([
+        row("default", "ok", 0.50, 100.0, baseline="default"),
+        row("fast", "ok", 0.48, 300.0, eff=24, bs=24, dim=32),  # 24x1: faster, within the noise of the best
+        row("stopped", "stopped", 0.11, 250.0, curve=[0.1, 0.11]),  # still at chance at the rung
+        row("oom", "oom", 0.0, 0.0, curve=[]),
+        row("noplan", "no_plan", 0.0, 0.0, bs=None, curve=[]),
+    ])
 
-    plan = SearchPlan(space=space, card=exp.card, root=root, cache=None, data=tmp_path / "data", trials=2,
-                      resume=False, selection=report.Selection("most-accurate"), emulate=False, address=None,
-                      num_cpus=None, dashboard=False, dashboard_host="127.0.0.1", dashboard_port=8265)
-    write_results(df, plan)
-    saved = pd.read_parquet(root / "trials.parquet")
-    assert {"kernel_size", "batch_size", "precision_run", *report.MEMORY_COLUMNS} <= set(saved)
-    best = yaml.safe_load((root / "best_config.yaml").read_text())
-    assert best["kernel_size"] == 5 and best["batch_size"] == 8 and best["epochs"] == 2
-    text = (root / "report.md").read_text()
-    assert "precision fp16 (ran fp32)" in text and "no CUDA measurement" in text and "host RSS 501 MiB" in text
-    assert "with CUDA context" in text and "fit figure" in text and report.MEMORY_LEGEND in text
-    assert "kernel_size" in text and not math.isnan(saved["predicted_reserved_mb"].iloc[0])
+
+def confirmations() -> pd.DataFrame:
+    return pd.DataFrame({"finalist": ["fast", "fast", "default", "default"], "trial_id": ["c1", "c2", "c3", "c4"],
+                         "seed": [1042, 1043, 1042, 1043], "status": "ok", "val_acc": [0.47, 0.49, 0.52, 0.48],
+                         "val_samples": 400, "samples_per_s": 100.0, "trial_seconds": 30.0, "error": ""})
+
+
+def test_write_trials_keeps_every_row(tmp_path):
+    df = frame()
+    write_trials(df, stand_in_config(tmp_path))
+    saved = pd.read_parquet(tmp_path / "trials.parquet")
+    assert list(saved["trial_id"]) == list(df["trial_id"]) and (tmp_path / "trials.csv").exists()
+    assert json.loads(saved["plan_runner_ups"].iloc[0])[0]["plan"] == "8x6"
+
+
+def test_write_results_writes_every_file_and_a_trainable_best_config(tmp_path, capsys):
+    sc = stand_in_config(tmp_path)
+    df = frame()
+    write_trials(df, sc)
+    # What the confirmation stage reads back: an int column with a gap comes back as float.
+    df = pd.read_parquet(tmp_path / "trials.parquet")
+    assert df["batch_size"].dtype == float
+    cfg = write_results(df, confirmations(), sc)
+    for name in ("confirm.parquet", "pareto.png", "curves.png", "best_config.yaml", "report.md"):
+        assert (tmp_path / name).exists() and (tmp_path / name).stat().st_size > 0, name
+    for name in ("pareto.png", "curves.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert len(pd.read_parquet(tmp_path / "confirm.parquet")) == 4
+
+    written = yaml.safe_load((tmp_path / "best_config.yaml").read_text())
+    assert "effective_batch_size" not in written
+    loaded = load_config_yaml(tmp_path / "best_config.yaml")  # what `python -m asl_ray.train --config` does
+    assert loaded == cfg
+    assert (loaded.batch_size, loaded.gradient_accumulation_steps, loaded.dim) == (24, 1, 32)  # the fast one's plan
+    assert (loaded.depth, loaded.epochs, loaded.lr_per_64) == (1, 6, 4e-3)  # the space's base beneath
+    header = (tmp_path / "best_config.yaml").read_text().splitlines()[0]
+    assert header.startswith("# python -m asl_ray.train --data data/x --config")
+
+    text = (tmp_path / "report.md").read_text()
+    assert "Chosen: trial fast" in text and "plan 24x1 (batch_size 24, gradient_accumulation_steps 1," in text
+    assert "8x6" in text and "48x1" in text and "vs_chosen" in text  # the runner-up plans
+    assert "1042, 1043" in text and "mean +- SE" in text  # the confirmation runs
+    assert "The chosen config and the seed's default cannot be told apart at this noise" in text
+    assert "credibly below" in text and "acc_se" in text
+    assert "ASHA rung check: at epoch 2" in text and "2 of 3 trials" in text
+    assert "noplan" in text and "oom" in text  # the infeasible table
+    assert "no CUDA measurement" in text and "host RSS 501 MiB" in text and report.MEMORY_LEGEND in text
+    assert "precision fp16; ran fp32" in text and "confirm.parquet" in text and "curves.png" in text
+    out = capsys.readouterr().out
+    assert "Chosen: trial fast" in out and "cannot be told apart" in out and "Pareto" not in out  # summary only
+
+
+def test_without_confirmations_or_a_finished_trial(tmp_path, capsys):
+    sc = stand_in_config(tmp_path, confirm_seeds=0, rule="most-accurate")
+    assert write_results(frame(), None, sc).dim == 64  # most accurate: the default itself
+    text = (tmp_path / "report.md").read_text()
+    assert "The chosen config is the seed's default config." in text and "None (--confirm 0)" in text
+    assert not (tmp_path / "confirm.parquet").exists()
+
+    other = tmp_path / "none"
+    other.mkdir()
+    failed = report.trials_frame([row("oom", "oom", 0.0, 0.0, curve=[])])
+    assert write_results(failed, None, stand_in_config(other)) is None
+    assert not (other / "best_config.yaml").exists() and (other / "pareto.png").exists()
+    assert "No trial finished feasibly" in (other / "report.md").read_text()

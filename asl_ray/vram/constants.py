@@ -11,11 +11,8 @@ from typing import Optional
 
 MiB = 1024 ** 2
 
-# CUDA context + the kernels torch loads lazily for this model (cuBLAS/cuDNN handles included),
-# i.e. what nvidia-smi shows for the process beyond torch.cuda.memory_reserved(). Source: public
-# reports for CUDA 12 with lazy module loading (default since CUDA 11.7) range 300-600 MiB on
-# Ampere/Ada/Hopper; 500 MiB is the conservative end for consumer cards. Unmeasured here.
-CUDA_CONTEXT_BYTES = 500 * MiB
+# The CUDA context's size lives with the cards (asl_ray/cards.py), which emulate a card with it.
+from asl_ray.cards import CUDA_CONTEXT_BYTES  # noqa: E402,F401
 
 # cuBLAS workspace, allocated through torch's caching allocator once per (handle, stream); a handle
 # is per thread, so a training step has two: the forward's (main thread) and the backward's

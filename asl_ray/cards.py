@@ -13,6 +13,12 @@ from typing import Optional
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
+
+# CUDA context + the kernels torch loads lazily for this model (cuBLAS/cuDNN handles included),
+# i.e. what nvidia-smi shows for the process beyond torch.cuda.memory_reserved(). Source: public
+# reports for CUDA 12 with lazy module loading (default since CUDA 11.7) range 300-600 MiB on
+# Ampere/Ada/Hopper; 500 MiB is the conservative end for consumer cards. Unmeasured here.
+CUDA_CONTEXT_BYTES = 500 * MiB
 DEFAULT_HEADROOM_MB = 512
 
 
@@ -133,7 +139,6 @@ def card_from_device_memory(name: str, total: int, free: int, compute_capability
     context already made. `others`: (pid, bytes) of the other processes NVML sees on it, or None if
     NVML cannot say. What the others hold is taken off the total; this process's own context is not
     (the estimate counts it)."""
-    from asl_ray.vram.constants import CUDA_CONTEXT_BYTES
     held = max(0, total - free)
     if others is None:
         held_by_others = max(0, held - CUDA_CONTEXT_BYTES)
@@ -175,7 +180,6 @@ def emulate_card_memory(usable_bytes: float, device) -> float:
     """Cap this process's CUDA caching allocator so the run fits or fails as on a card with
     `usable_bytes` in all (context included). Returns the fraction set. Speed is not emulated."""
     import torch
-    from asl_ray.vram.constants import CUDA_CONTEXT_BYTES
     total = torch.cuda.get_device_properties(device).total_memory
     fraction = max(0.01, min(1.0, (usable_bytes - CUDA_CONTEXT_BYTES) / total))
     torch.cuda.set_per_process_memory_fraction(fraction, device)
