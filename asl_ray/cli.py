@@ -117,8 +117,53 @@ def non_negative_float(text: str) -> float:
     return v
 
 
+def whole_number(text: str) -> int:
+    """argparse type: an integer (its range is the config's to check)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+_FLAG_TYPES = {int: whole_number, float: finite_float, str: str, Path: Path}
+_METAVARS = {int: "N", float: "X", Path: "PATH"}
+
+
+def add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> list[str]:
+    """One flag per documented field of a dataclass whose metadata does not say `flag: None`: `--field-name`
+    (or the metadata's `flag`), help = the field's docstring (+ its default), type from the annotation
+    (Optional[X] as X; bool: a switch, `--no-x` too when it defaults on), `choices` from the metadata.
+    A flag not given is absent from the parsed namespace (argparse.SUPPRESS), so the caller can tell "not
+    given" from "given the default". Returns the field names, in declaration order."""
+    import typing
+    from asl_ray.config import documented_fields
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    names = []
+    for section, name, doc in documented_fields(cls):
+        f = by_name[name]
+        if "flag" in f.metadata and f.metadata["flag"] is None:
+            continue
+        flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
+        kind = hints[name]
+        if typing.get_origin(kind) is typing.Union:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        has_default = f.default is not dataclasses.MISSING
+        shown = has_default and f.default is not None and kind is not bool and "(default" not in doc
+        help_text = doc + (f" (default: {f.default})" if shown else "")
+        common = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))  # argparse formats %
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if has_default and f.default else "store_true"
+            p.add_argument(flag, action=action, **common)
+        else:
+            p.add_argument(flag, type=_FLAG_TYPES[kind], choices=f.metadata.get("choices"),
+                           metavar=None if f.metadata.get("choices") else _METAVARS.get(kind, name.upper()), **common)
+        names.append(name)
+    return names
+
+
 __all__ = ["fail", "finite_float", "non_negative_float", "parse_overrides", "add_config_arguments", "config_from_args",
-           "config_keys_help", "positive_int", "ConfigError", "EXIT_BAD_INPUT"]
+           "config_keys_help", "positive_int", "whole_number", "add_dataclass_flags", "ConfigError", "EXIT_BAD_INPUT"]
 
 
 class OneLineParser(argparse.ArgumentParser):

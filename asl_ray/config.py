@@ -54,7 +54,7 @@ class TrainConfig:
     """Longest sequence the model sees: longer ones are cropped (randomly in training)."""
     pad_to: str = "batch_max"
     """'batch_max' pads a batch to its longest sequence; 'ladder' to the next rung of a fixed ladder of at
-    most 12 lengths (asl_ray/data/ladder.py: few shapes for cuDNN and compile); 'max_len' to max_len."""
+    most 12 lengths (asl_ray/ladder.py: few shapes for cuDNN and compile); 'max_len' to max_len."""
     length_bucketing: bool = False
     """Group sequences of similar length into the same batch (less padding)."""
     num_folds: int = 5
@@ -142,6 +142,10 @@ class TrainConfig:
     inject_worker_kill_at_epoch: int = 0
     """Under Ray Train: the worker SIGKILLs itself at the end of this epoch, before reporting it, on a
     fresh (not resumed) attempt; 0 never does."""
+    inject_worker_kill_in_plan_search: int = 0
+    """The process SIGKILLs itself in the plan search (asl_ray/plan/search.py) right after a plan it measured
+    makes this many of the search's plans present in the plan cache; an attempt that finds that many already
+    cached never does (a resumed trial goes on); 0 never does."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -162,7 +166,7 @@ class TrainConfig:
     def pad_length(self, longest_in_batch: int) -> int:
         """Time length a batch is padded to."""
         if self.pad_to == "ladder":
-            from asl_ray.data.ladder import pad_to_ladder
+            from asl_ray.ladder import pad_to_ladder
             return pad_to_ladder(longest_in_batch, self.max_len)
         return self.max_len if self.pad_to == "max_len" else min(longest_in_batch, self.max_len)
 
@@ -203,7 +207,7 @@ class TrainConfig:
         for name in ("late_dropout_start_epoch", "fold", "min_lr", "warmup_epochs", "weight_decay_ratio",
                      "gradient_clip_val", "num_workers", "empty_cache_every", "throughput_warmup_steps",
                      "max_steps_per_epoch", "inject_oom_at_step", "inject_nan_at_step", "inject_worker_kill_at_epoch",
-                     "seed"):
+                     "inject_worker_kill_in_plan_search", "seed"):
             non_negative(name)
         for name in ("drop_path", "attn_dropout", "late_dropout", "label_smoothing"):
             fraction(name)
@@ -256,17 +260,19 @@ _FIELD_TYPES = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[s
 _SECTION_COMMENT = re.compile(r"^\s*# -+ (.+?) -+\s*$")
 
 
-@functools.lru_cache(maxsize=1)
-def _documented_fields() -> tuple[tuple[str, str, str], ...]:
-    """(section, field name, docstring on one line) in declaration order, read from TrainConfig's source:
-    a string literal after a field is not kept at runtime, and the section titles are comments."""
-    lines, _ = inspect.getsourcelines(TrainConfig)
+@functools.lru_cache(maxsize=None)
+def documented_fields(cls: type = TrainConfig) -> tuple[tuple[str, str, str], ...]:
+    """(section, field name, docstring on one line) in declaration order, read from a dataclass's source
+    (TrainConfig, SearchConfig, ...): a string literal after a field is not kept at runtime, and the section
+    titles are `# ---- title ----` comments."""
+    lines, _ = inspect.getsourcelines(cls)
     sections = [(i, m.group(1)) for i, line in enumerate(lines, start=1) if (m := _SECTION_COMMENT.match(line))]
-    body = ast.parse("".join(lines)).body[0].body
+    body = ast.parse("".join(lines)).body[0].body  # a module-level class: its source parses as is
+    names = {f.name for f in fields(cls)}
     out = []
     for node, after in zip(body, body[1:] + [None]):
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and node.target.id in _FIELD_TYPES):  # a ClassVar is no field
+                and node.target.id in names):  # a ClassVar is no field
             continue
         doc = (after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
                and isinstance(after.value.value, str) else "")
@@ -277,13 +283,13 @@ def _documented_fields() -> tuple[tuple[str, str, str], ...]:
 
 def field_docs() -> dict[str, str]:
     """{field name: its docstring, on one line} for every TrainConfig field (what `--help` lists)."""
-    return {name: doc for _, name, doc in _documented_fields()}
+    return {name: doc for _, name, doc in documented_fields()}
 
 
 def field_sections() -> dict[str, list[str]]:
     """{section title ('model', 'data', ...): its field names}, both in declaration order."""
     out: dict[str, list[str]] = {}
-    for section, name, _ in _documented_fields():
+    for section, name, _ in documented_fields():
         out.setdefault(section, []).append(name)
     return out
 

@@ -1,33 +1,51 @@
-"""Exhaustive grid vs Optuna + ASHA on the same space and data: trial-seconds spent, and how close the
-search's best comes to the grid's best under the same selection rule.
+"""Three ways to search one space, on the same data and budget: what each costs, and how good its pick is.
 
-    python bench/search_efficiency.py [--space search_spaces/cpu-smoke.yaml] [--seeds 0 1 2]
-                                      [--search-trials N] [--data DIR] [--reuse]
+    python bench/search_efficiency.py [--space search_spaces/cpu-smoke.yaml] [--seeds 0 1 2] [--search-trials N]
+                                      [--retrain-seeds 7001 7002 7003] [--confirm K] [--data DIR] [--reuse]
+                                      [--dry-run]
 
-Both arms run the real `python -m asl_ray.search`, one after the other, each in its own process (its own
-local Ray), into runs/search-efficiency/:
-  grid        `sampler: grid`, `scheduler: fifo`: every grid point of the space once, every epoch.
-  search-s<k> the space as written (TPE + ASHA), seed k, N trials (default: a quarter of the grid).
-Trial-seconds are Tune's `time_total_s` summed over launched trials (start-up included), so they count
-what a user pays for; each arm's wall time (Ray start and trial teardown too) is reported beside them.
-The grid also measures every config the search picks, so the search's pick is
-scored twice: by its own run, and by the grid's run of the same config (no run-to-run noise).
-Prints a table and writes bench/results/search_efficiency-<device>.json.
+Every arm runs the real `python -m asl_ray.search`, one after another, each in its own process group (its
+own local Ray), into runs/search-efficiency/<arm>/:
+  grid             the exhaustive grid over the product space: `sampler: grid`, `scheduler: fifo` and
+                   `plan_search: {mode: optuna}`, so every micro-batch x learning config is one trial, every
+                   epoch (points whose micro-batch does not divide the effective batch are not points).
+  one-level-s<k>   today's design: `--plan-search optuna` (Optuna samples the micro-batch too), TPE + ASHA,
+                   the space's seed k.
+  two-level-s<k>   the default: Optuna + ASHA over the learning knobs; each trial measures its plans first.
+Both search arms get N trials (default: the space's budget.trials) and the space's epochs and rungs; every arm
+runs with `--confirm K` (default 0: off; with K > 0 the confirmation runs are part of the arm's cost).
+Seeds are interleaved (one-level s0, two-level s0, one-level s1, ...) so a load drift falls on both alike.
+
+Cost: trial-seconds = Tune's time_total_s summed over the trials an arm launched (start-up included: what a
+user pays), beside each arm's wall time. Pick: the arm's recommendation under the noise-aware rule
+(`asl_ray.search.select.select_best(trials, Selection(), confirmations)`), i.e. its best_config.yaml. Quality:
+never the pick's own trial (a winner's accuracy is biased upwards by its selection), but its best_config.yaml
+re-trained with fresh seeds (`python -m asl_ray.train --config <arm>/best_config.yaml --set seed=S`), the same
+seeds for every arm: mean +- sd, SE = max(sd, the binomial SE of one run) / sqrt(runs). A search arm's
+quality over its search seeds: the mean of its picks' means, SE = max(their sd / sqrt(K), sqrt(sum SE^2) / K).
+Goal: the two-level pick is not credibly below the grid's (grid mean - two-level mean <= z sqrt(SE^2 + SE^2),
+z = the noise-aware rule's 1.645) for at most a quarter of the grid's trial-seconds, and it costs fewer
+trial-seconds than the one-level search for a pick not credibly below the one-level one. Prints a table and
+writes bench/results/search_efficiency-<device>.json. `--reuse` reuses finished arms and re-trainings;
+`--dry-run` writes the arms' space files and prints every command without running any.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import platform
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 import yaml
@@ -35,21 +53,45 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from asl_ray.search.report import Selection, finished, select_best  # noqa: E402
-from asl_ray.search.space import load_space  # noqa: E402
+from asl_ray.cli import DEFAULT_DATA  # noqa: E402
+from asl_ray.config import ConfigError, load_config_yaml  # noqa: E402
+from asl_ray.search.space import SearchSpace, load_space  # noqa: E402
 
-GOAL_CLOSENESS = 0.95  # within 5% of the grid's best ...
-GOAL_COST = 0.25  # ... for at most a quarter of its trial-seconds
+GOAL_COST = 0.25
+"""The two-level search may spend at most this fraction of the grid's trial-seconds."""
+NOT_LAUNCHED = ("rejected", "no_plan")
+"""Trial statuses that never became a Tune trial: they cost the estimator's second, not a trial."""
 WALL_FILE = "arm_wall.json"
 
 
-def arm_space(space_path: Path, out: Path, name: str, **changes) -> Path:
-    """A copy of the space file with `changes` applied (sampler, scheduler, seed, trials)."""
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    """Its experiment name under --storage-path: grid, one-level-s<k>, two-level-s<k>."""
+    kind: str
+    """grid | one-level | two-level."""
+    seed: Optional[int]
+    """The space's sampler seed (None: the grid, which has no randomness worth repeating)."""
+    space: Path
+    """The arm's copy of the space file."""
+
+    def search_flags(self) -> list[str]:
+        return ["--plan-search", "optuna"] if self.kind == "one-level" else []
+
+
+# ---- the arms ----------------------------------------------------------------------------------------
+
+def arm_space(space_path: Path, out: Path, name: str, *, sampler: Optional[str] = None,
+              scheduler: Optional[str] = None, seed: Optional[int] = None, trials: Optional[int] = None,
+              plan_search_mode: Optional[str] = None) -> Path:
+    """A copy of the space file with these keys changed, runnable on its own (its first line says how)."""
     raw = yaml.safe_load(space_path.read_text())
-    budget = dict(raw.get("budget", {}))
-    if "trials" in changes:
-        budget["trials"] = changes.pop("trials")
-    raw.update(changes, budget=budget)
+    changes = {"sampler": sampler, "scheduler": scheduler, "seed": seed}
+    raw.update({k: v for k, v in changes.items() if v is not None})
+    if trials is not None:
+        raw["budget"] = {**raw.get("budget", {}), "trials": trials}
+    if plan_search_mode is not None:
+        raw["plan_search"] = {**raw.get("plan_search", {}), "mode": plan_search_mode}
     if raw.get("sampler") == "grid":
         raw.pop("baselines", None)  # every baseline is a grid point already
     path = out / f"{name}.yaml"
@@ -58,32 +100,86 @@ def arm_space(space_path: Path, out: Path, name: str, **changes) -> Path:
     return path
 
 
-def run_arm(space: Path, storage: Path, name: str, data: Optional[str], reuse: bool) -> tuple[pd.DataFrame, float]:
-    """(trial rows, wall seconds of the whole arm: Ray start, trial start/teardown, reports included)."""
-    trials_file = storage / name / "trials.parquet"
-    if reuse and trials_file.exists():
-        print(f"[{name}] reusing {trials_file}")
-        return pd.read_parquet(trials_file), arm_wall_seconds(storage / name)
-    cmd = [sys.executable, "-m", "asl_ray.search", "--space", str(space), "--storage-path", str(storage),
-           "--name", name]
-    if data:
-        cmd += ["--data", data]
-    if (storage / name / "tune").exists():
-        cmd = [sys.executable, "-m", "asl_ray.search", "--storage-path", str(storage), "--name", name, "--resume"]
-    print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
-    started = time.perf_counter()
-    run_own_session(cmd)
-    wall = time.perf_counter() - started
-    (storage / name / WALL_FILE).write_text(json.dumps({"wall_seconds": wall}))
-    print(f"[{name}] finished in {wall:.0f} s", flush=True)
-    return pd.read_parquet(trials_file), wall
+def runnable_points(space: SearchSpace) -> int:
+    """Grid points that are configs: in mode optuna a micro-batch must divide the effective batch."""
+    count = 0
+    for values in space.grid():
+        try:
+            space.config_for(values)
+        except ConfigError:
+            continue
+        count += 1
+    return count
 
 
-def run_own_session(cmd: list[str]) -> None:
-    """Run one arm in a process group of its own; afterwards stop what is left of it (and only that).
+def plan_arms(space_path: Path, storage: Path, seeds: Sequence[int], search_trials: int) -> list[Arm]:
+    """Writes each arm's space file; returns the arms in the order they run."""
+    product = load_space(space_path).with_plan_search_mode("optuna")
+    grid_file = arm_space(space_path, storage, "grid-space", sampler="grid", scheduler="fifo",
+                          plan_search_mode="optuna", trials=runnable_points(product))
+    arms = [Arm("grid", "grid", None, grid_file)]
+    trials = search_trials or load_space(space_path).budget.trials
+    for seed in seeds:
+        for kind in ("one-level", "two-level"):
+            name = f"{kind}-s{seed}"
+            arms.append(Arm(name, kind, seed, arm_space(space_path, storage, f"{name}-space", seed=seed,
+                                                         trials=trials)))
+    return arms
+
+
+def search_command(arm: Arm, storage: Path, data: Path, confirm: int) -> list[str]:
+    """The arm's search; an arm interrupted earlier (its Tune folder exists) is resumed instead."""
+    if (storage / arm.name / "tune").exists():
+        return [sys.executable, "-m", "asl_ray.search", "--storage-path", str(storage), "--name", arm.name,
+                "--resume"]
+    return [sys.executable, "-m", "asl_ray.search", "--space", str(arm.space), "--storage-path", str(storage),
+            "--name", arm.name, "--data", str(data), "--select", "noise-aware", "--confirm", str(confirm),
+            *arm.search_flags()]
+
+
+def retrain_command(config: Path, data: Path, seed: int, out: Path) -> list[str]:
+    return [sys.executable, "-m", "asl_ray.train", "--data", str(data), "--config", str(config),
+            "--set", f"seed={seed}", "--out", str(out)]
+
+
+def retrain_dir(storage: Path, arm: Arm, seed: int) -> Path:
+    return storage / arm.name / f"retrain-s{seed}"
+
+
+# ---- running --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ArmRun:
+    trials: pd.DataFrame
+    """trials.parquet."""
+    confirmations: Optional[pd.DataFrame]
+    """confirm.parquet, if the arm confirmed its finalists."""
+    wall_seconds: float
+    """The whole arm: Ray start, trial start/teardown, confirmation and reports included."""
+
+
+def run_arm(arm: Arm, storage: Path, data: Path, confirm: int, reuse: bool) -> ArmRun:
+    root = storage / arm.name
+    if not (reuse and (root / "trials.parquet").exists() and (root / "best_config.yaml").exists()):
+        cmd = search_command(arm, storage, data, confirm)
+        print(f"[{arm.name}] {' '.join(cmd[1:])}", flush=True)
+        started = time.perf_counter()
+        run_own_session(cmd)
+        wall = time.perf_counter() - started
+        (root / WALL_FILE).write_text(json.dumps({"wall_seconds": wall}))
+        print(f"[{arm.name}] finished in {wall:.0f} s", flush=True)
+    else:
+        print(f"[{arm.name}] reusing {root}")
+    confirmations = pd.read_parquet(root / "confirm.parquet") if (root / "confirm.parquet").exists() else None
+    return ArmRun(pd.read_parquet(root / "trials.parquet"), confirmations, arm_wall_seconds(root))
+
+
+def run_own_session(cmd: list[str], allowed: Sequence[int] = (0,)) -> int:
+    """Run one command in a process group of its own; afterwards stop what is left of it (and only that).
 
     Each arm's search starts its own local Ray, whose processes die with it (Ray's fate sharing) and stay in
-    its process group: cleaning up that group never touches another Ray on this machine (`ray stop` would)."""
+    its process group: cleaning up that group never touches another Ray on this machine (`ray stop` would).
+    An exit code outside `allowed` raises CalledProcessError."""
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
     try:
         try:
@@ -95,8 +191,9 @@ def run_own_session(cmd: list[str]) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):  # nothing of the arm left
             os.killpg(proc.pid, signal.SIGKILL)
-    if rc != 0:
+    if rc not in allowed:
         raise subprocess.CalledProcessError(rc, cmd)
+    return rc
 
 
 def arm_wall_seconds(arm: Path) -> float:
@@ -106,138 +203,246 @@ def arm_wall_seconds(arm: Path) -> float:
     return (arm / "trials.parquet").stat().st_mtime - (arm / "search_args.json").stat().st_mtime
 
 
-def config_key(row: pd.Series, names: list[str]) -> tuple:
-    return tuple(row[n] for n in names)
+def retrain(arm: Arm, storage: Path, data: Path, seeds: Sequence[int], reuse: bool,
+            done: dict[tuple, dict]) -> list[dict]:
+    """The arm's best_config.yaml trained once per seed. `done` (config without its seed, seed) -> run is
+    shared by the arms: a config two arms picked is trained once per seed."""
+    config = storage / arm.name / "best_config.yaml"
+    if not config.exists():
+        print(f"[{arm.name}] no best_config.yaml (no trial finished): nothing to re-train", flush=True)
+        return []
+    key = tuple(sorted((k, v) for k, v in load_config_yaml(config).to_dict().items() if k != "seed"))
+    runs = []
+    for seed in seeds:
+        if (key, seed) in done:
+            runs.append({**done[key, seed], "same_as": done[key, seed]["arm"]})
+            continue
+        out = retrain_dir(storage, arm, seed)
+        if not (reuse and (out / "result.json").exists()):
+            if out.exists():
+                shutil.rmtree(out)  # a partial run of this bench's own (train refuses a used --out)
+            cmd = retrain_command(config, data, seed, out)
+            print(f"[{arm.name}] {' '.join(cmd[1:])}", flush=True)
+            run_own_session(cmd, allowed=(0, 3))  # 3: the run ended infeasible (OOM, diverged): it still scores
+        result = json.loads((out / "result.json").read_text())
+        run = {"arm": arm.name, "seed": seed, "status": result.get("status", "ok"),
+               "val_acc": float(result.get("val_acc", 0.0)) if result.get("feasible", True) else 0.0,
+               "val_samples": result.get("val_samples")}
+        done[key, seed] = run
+        runs.append(run)
+    return runs
 
 
-def trial_seconds(df: pd.DataFrame) -> float:
-    launched = df[df["status"] != "rejected"]
-    return float(launched["trial_seconds"].fillna(0).sum())
+# ---- scoring --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Quality:
+    mean: float
+    sd: float
+    se: float
+    runs: int
+
+    def text(self) -> str:
+        return f"{self.mean:.3f} +- {self.sd:.3f} (SE {self.se:.3f}, n {self.runs})" if self.runs else "-"
 
 
-def compare(grid: pd.DataFrame, search: pd.DataFrame, names: list[str], selection: Selection) -> dict:
-    """The search's pick against the grid's pick, under `selection`, scored on both runs."""
-    g_best, s_best = select_best(grid, selection), select_best(search, selection)
-    out = {"grid_best": _describe(g_best, names), "search_best": _describe(s_best, names),
-           "search_trial_seconds": trial_seconds(search), "search_trials": int((search["status"] != "rejected").sum()),
-           "search_finished_trials": int(finished(search).sum())}
-    if g_best is None or s_best is None:
-        return {**out, "closeness": math.nan, "closeness_grid_measured": math.nan}
-    in_grid = grid[finished(grid)].set_index(names)
-    key = config_key(s_best, names)
-    s_in_grid = in_grid.loc[[key]].iloc[0] if key in in_grid.index else None
-    out["closeness"] = closeness(s_best, g_best, grid, selection)
-    out["closeness_grid_measured"] = closeness(s_in_grid, g_best, grid, selection) if s_in_grid is not None else math.nan
-    out["same_config"] = config_key(g_best, names) == key
-    return out
+def quality(runs: Sequence[dict]) -> Quality:
+    """Mean +- sd of the re-trainings; SE = max(sd, one run's binomial SE) / sqrt(runs): with 3 runs the sd
+    alone can be near zero by luck."""
+    accs = [r["val_acc"] for r in runs]
+    if not accs:
+        return Quality(math.nan, math.nan, math.nan, 0)
+    mean = statistics.fmean(accs)
+    sd = statistics.stdev(accs) if len(accs) > 1 else math.nan
+    sizes = [r["val_samples"] for r in runs if r.get("val_samples")]
+    binomial = math.sqrt(mean * (1 - mean) / statistics.fmean(sizes)) if sizes else math.nan
+    spread = max((s for s in (sd, binomial) if not math.isnan(s)), default=math.nan)
+    return Quality(mean, sd, spread / math.sqrt(len(accs)), len(accs))
 
 
-def closeness(pick: Optional[pd.Series], best: pd.Series, grid: pd.DataFrame, selection: Selection) -> float:
-    """1.0 = as good as the grid's best under the rule. 'most-accurate': the accuracy ratio; 'fastest': the
-    samples/s ratio; 'fastest-within-margin': both must hold, so the worse of the accuracy against the
-    rule's bar (the grid's best accuracy minus the margin, capped at 1) and the samples/s ratio."""
-    if pick is None:
-        return math.nan
-    acc_ratio = pick["val_acc"] / best["val_acc"] if best["val_acc"] > 0 else math.nan
-    speed_ratio = pick["samples_per_s"] / best["samples_per_s"]
-    if selection.rule == "most-accurate":
-        return float(acc_ratio)
-    if selection.rule == "fastest":
-        return float(speed_ratio)
-    bar = grid.loc[finished(grid), "val_acc"].max() - selection.margin
-    return float(min(min(1.0, pick["val_acc"] / bar), speed_ratio))
+def pooled(qualities: Sequence[Quality]) -> Quality:
+    """An arm over its search seeds: the mean of its picks' means; SE = max(sd of the means / sqrt(K),
+    sqrt(sum of their SE^2) / K), the spread between searches floored by each pick's own noise."""
+    qs = [q for q in qualities if q.runs]
+    if not qs:
+        return Quality(math.nan, math.nan, math.nan, 0)
+    means = [q.mean for q in qs]
+    sd = statistics.stdev(means) if len(means) > 1 else math.nan
+    own = math.sqrt(sum(q.se ** 2 for q in qs)) / len(qs)
+    between = sd / math.sqrt(len(qs)) if len(qs) > 1 else math.nan
+    return Quality(statistics.fmean(means), sd, max((s for s in (between, own) if not math.isnan(s)),
+                                                    default=math.nan), sum(q.runs for q in qs))
 
 
-def _describe(row: Optional[pd.Series], names: list[str]) -> Optional[dict]:
-    if row is None:
+def credibly_below(x: Quality, best: Quality, z: float) -> bool:
+    """The noise-aware rule's test, on re-trained accuracies: best.mean - x.mean > z sqrt(best.se^2 + x.se^2)."""
+    if not (x.runs and best.runs):
+        return True  # nothing re-trained: no pick to speak for
+    return best.mean - x.mean > z * math.sqrt(best.se ** 2 + x.se ** 2)
+
+
+def trial_seconds(run: ArmRun) -> float:
+    """What the arm's trials cost: every launched trial's time_total_s, plus its confirmation runs."""
+    launched = run.trials[~run.trials["status"].isin(NOT_LAUNCHED)]
+    total = float(launched["trial_seconds"].fillna(0).sum())
+    if run.confirmations is not None and len(run.confirmations):
+        total += float(run.confirmations["trial_seconds"].fillna(0).sum())
+    return total
+
+
+def matches_pick(config: Path, pick: Optional[dict], names: Sequence[str]) -> bool:
+    """Does the arm's best_config.yaml (what is re-trained) hold the noise-aware pick's learning and plan values?"""
+    if pick is None or not config.exists():
+        return pick is None and not config.exists()
+    cfg = load_config_yaml(config)
+    value = {n: cfg.effective_batch_size() if n == "effective_batch_size" else getattr(cfg, n, None) for n in names}
+    return all(value[n] == pick[n] for n in names if n in pick)
+
+
+def pick_of(run: ArmRun, names: Sequence[str]) -> Optional[dict]:
+    from asl_ray.search.select import Selection, select_best  # the results stage's own rule
+    best = select_best(run.trials, Selection(), run.confirmations)
+    if best is None:
         return None
-    return {**{n: _plain(row[n]) for n in names}, "val_acc": float(row["val_acc"]),
-            "samples_per_s": float(row["samples_per_s"]), "trial_id": str(row["trial_id"])}
+    return {**{n: _plain(best[n]) for n in names if n in best}, "trial_id": str(best["trial_id"]),
+            "acc_mean": float(best["acc_mean"]), "acc_se": float(best["acc_se"]),
+            "samples_per_s": float(best["samples_per_s"])}
+
+
+def verdicts(grid: Quality, grid_cost: float, two: Quality, two_cost: float, one: Quality, one_cost: float,
+             z: float) -> dict:
+    as_good_as_grid = not credibly_below(two, grid, z)
+    cheap_vs_grid = two_cost <= GOAL_COST * grid_cost
+    vs_one = two_cost < one_cost and not credibly_below(two, one, z)
+    fraction = two_cost / grid_cost if grid_cost else math.nan
+    return {"two_level_not_credibly_below_grid": as_good_as_grid, "two_level_cost_fraction": fraction,
+            "two_level_within_cost": cheap_vs_grid, "two_level_cheaper_than_one_level_for_as_good": vs_one,
+            "goal_met": bool(as_good_as_grid and cheap_vs_grid and vs_one)}
 
 
 def _plain(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def main(argv=None) -> int:
+def _short(pick: Optional[dict], names: Sequence[str]) -> str:
+    if not pick:
+        return "-"
+    return " ".join(f"{n}={pick[n]}" for n in names if n in pick)
+
+
+# ---- main -----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default=str(REPO / "search_spaces" / "cpu-smoke.yaml"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--search-trials", type=int, default=0, help="trials per search (default: grid size / 4)")
-    p.add_argument("--data", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="space seeds of the two search arms")
+    p.add_argument("--search-trials", type=int, default=0, help="trials per search (default: the space's)")
+    p.add_argument("--retrain-seeds", type=int, nargs="+", default=[7001, 7002, 7003],
+                   help="fresh seeds every pick is re-trained with (no trial or confirmation uses them)")
+    p.add_argument("--confirm", type=int, default=0, help="passed to every arm's search (0: no confirmation)")
+    p.add_argument("--data", default=str(REPO / DEFAULT_DATA))
     p.add_argument("--storage-path", default=str(REPO / "runs" / "search-efficiency"))
-    p.add_argument("--reuse", action="store_true", help="reuse arms already finished under --storage-path")
-    p.add_argument("--rules", nargs="+", default=["fastest-within-margin", "most-accurate"])
-    p.add_argument("--margin", type=float, default=0.01)
+    p.add_argument("--reuse", action="store_true", help="reuse arms and re-trainings already finished")
+    p.add_argument("--dry-run", action="store_true", help="write the arms' space files, print the commands, stop")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
-    args = p.parse_args(argv)
+    return p
 
-    space_path = Path(args.space).resolve()
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.confirm < 0 or args.search_trials < 0:
+        build_parser().error("--confirm and --search-trials must be >= 0")
+    space_path, storage, data = Path(args.space).resolve(), Path(args.storage_path).resolve(), Path(args.data)
     space = load_space(space_path)
-    names = [q.name for q in space.params]
-    storage = Path(args.storage_path).resolve()
     storage.mkdir(parents=True, exist_ok=True)
-    grid_size = space.grid_size()
-    search_trials = args.search_trials or max(1, grid_size // 4)
+    arms = plan_arms(space_path, storage, args.seeds, args.search_trials)
+    if args.dry_run:
+        for arm in arms:
+            print(" ".join(search_command(arm, storage, data, args.confirm)))
+            for seed in args.retrain_seeds:
+                print(" ".join(retrain_command(storage / arm.name / "best_config.yaml", data, seed,
+                                               retrain_dir(storage, arm, seed))))
+        return 0
 
-    grid_space = arm_space(space_path, storage, "grid-space", sampler="grid", scheduler="fifo", trials=grid_size)
-    grid, grid_wall = run_arm(grid_space, storage, "grid", args.data, args.reuse)
-    searches, walls = {}, {}
+    names = [*space.param_names(), *space.plan_names()]
+    commands = {arm.name: search_command(arm, storage, data, args.confirm)[1:] for arm in arms}
+    runs = {arm.name: run_arm(arm, storage, data, args.confirm, args.reuse) for arm in arms}
+    done: dict[tuple, dict] = {}
+    retrained = {arm.name: retrain(arm, storage, data, args.retrain_seeds, args.reuse, done) for arm in arms}
+    from asl_ray.search.select import Selection
+    z = Selection().z
+
+    records = {}
+    for arm in arms:
+        run = runs[arm.name]
+        records[arm.name] = {"kind": arm.kind, "seed": arm.seed, "trial_seconds": trial_seconds(run),
+                             "wall_seconds": run.wall_seconds,
+                             "trials": int((~run.trials["status"].isin(NOT_LAUNCHED)).sum()),
+                             "pick": pick_of(run, names), "retrain": retrained[arm.name],
+                             "quality": dataclasses.asdict(quality(retrained[arm.name]))}
+        records[arm.name]["best_config_matches_pick"] = matches_pick(storage / arm.name / "best_config.yaml",
+                                                                     records[arm.name]["pick"], names)
+        if not records[arm.name]["best_config_matches_pick"]:
+            print(f"[{arm.name}] warning: best_config.yaml is not the noise-aware pick "
+                  f"{records[arm.name]['pick']}", flush=True)
+    grid = records["grid"]
+    grid_q = Quality(**grid["quality"])
+    per_seed = {}
     for seed in args.seeds:
-        s_space = arm_space(space_path, storage, f"search-s{seed}-space", seed=seed, trials=search_trials)
-        searches[seed], walls[seed] = run_arm(s_space, storage, f"search-s{seed}", args.data, args.reuse)
+        one, two = records[f"one-level-s{seed}"], records[f"two-level-s{seed}"]
+        per_seed[seed] = verdicts(grid_q, grid["trial_seconds"], Quality(**two["quality"]), two["trial_seconds"],
+                                  Quality(**one["quality"]), one["trial_seconds"], z)
+    arm_totals = {}
+    for kind in ("one-level", "two-level"):
+        mine = [records[f"{kind}-s{s}"] for s in args.seeds]
+        arm_totals[kind] = {"quality": pooled([Quality(**r["quality"]) for r in mine]),
+                            "trial_seconds": statistics.fmean(r["trial_seconds"] for r in mine),
+                            "wall_seconds": statistics.fmean(r["wall_seconds"] for r in mine)}
+    overall = verdicts(grid_q, grid["trial_seconds"], arm_totals["two-level"]["quality"],
+                       arm_totals["two-level"]["trial_seconds"], arm_totals["one-level"]["quality"],
+                       arm_totals["one-level"]["trial_seconds"], z)
 
-    grid_seconds = trial_seconds(grid)
-    rows, record_rules = [], {}
-    for rule in args.rules:
-        selection = Selection(rule, args.margin)
-        per_seed = {}
-        for seed, df in searches.items():
-            c = compare(grid, df, names, selection)
-            c["cost_fraction"] = c["search_trial_seconds"] / grid_seconds
-            c["wall_seconds"], c["wall_fraction"] = walls[seed], walls[seed] / grid_wall
-            c["goal_met"] = bool(c["closeness"] >= GOAL_CLOSENESS and c["cost_fraction"] <= GOAL_COST)
-            per_seed[seed] = c
-            rows.append({"rule": rule, "arm": f"search seed {seed}", "trials": c["search_trials"],
-                         "trial_s": c["search_trial_seconds"], "cost": c["cost_fraction"],
-                         "wall_s": c["wall_seconds"], "wall cost": c["wall_fraction"],
-                         "closeness": c["closeness"], "closeness (grid-measured)": c["closeness_grid_measured"],
-                         "same pick": c.get("same_config", False), "goal": "met" if c["goal_met"] else "missed",
-                         "pick": _short(c["search_best"], names)})
-        g = select_best(grid, selection)
-        rows.append({"rule": rule, "arm": "grid", "trials": int((grid["status"] != "rejected").sum()),
-                     "trial_s": grid_seconds, "cost": 1.0, "wall_s": grid_wall, "wall cost": 1.0,
-                     "closeness": 1.0, "closeness (grid-measured)": 1.0,
-                     "same pick": True, "goal": "", "pick": _short(_describe(g, names), names)})
-        record_rules[rule] = {"grid_best": _describe(g, names), "searches": per_seed}
-
+    rows = []
+    for name, r in records.items():
+        q = Quality(**r["quality"])
+        pick = r["pick"]
+        rows.append({"arm": name, "trials": r["trials"], "trial_s": r["trial_seconds"],
+                     "cost": r["trial_seconds"] / grid["trial_seconds"], "wall_s": r["wall_seconds"],
+                     "pick": _short(pick, names),
+                     "own acc": f"{pick['acc_mean']:.3f} +- {pick['acc_se']:.3f}" if pick else "-",
+                     "retrained": q.text(), "below grid": credibly_below(q, grid_q, z) if name != "grid" else ""})
+    for kind, t in arm_totals.items():
+        rows.append({"arm": f"{kind} (mean of {len(args.seeds)})", "trials": "", "trial_s": t["trial_seconds"],
+                     "cost": t["trial_seconds"] / grid["trial_seconds"], "wall_s": t["wall_seconds"], "pick": "",
+                     "own acc": "", "retrained": t["quality"].text(),
+                     "below grid": credibly_below(t["quality"], grid_q, z)})
     table = pd.DataFrame(rows)
     print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"\ngoal: closeness >= {GOAL_CLOSENESS:.2f} for cost <= {GOAL_COST:.2f} of the grid's trial-seconds "
-          f"({grid_size} grid points, {grid_seconds:.0f} trial-s)")
-    device = str(grid["device"].dropna().iloc[0]) if "device" in grid and grid["device"].notna().any() else "cpu"
-    name = f"{device}-{platform.machine()}" if device == "cpu" else device
+    print(f"\nquality: each pick's best_config.yaml re-trained with seeds {args.retrain_seeds}; 'below grid': "
+          f"credibly below the grid's pick (one-sided z {z:g})")
+    print(f"goal: two-level not credibly below the grid ({'yes' if overall['two_level_not_credibly_below_grid'] else 'NO'})"
+          f", for <= {GOAL_COST:.2f} of its trial-seconds ({overall['two_level_cost_fraction']:.2f}), and cheaper than "
+          f"one-level for a pick as good ({'yes' if overall['two_level_cheaper_than_one_level_for_as_good'] else 'NO'})"
+          f": {'met' if overall['goal_met'] else 'MISSED'}; per search seed: "
+          + ", ".join(f"s{s} {'met' if v['goal_met'] else 'missed'}" for s, v in per_seed.items()))
+
+    trials = runs["grid"].trials
+    device = str(trials["device"].dropna().iloc[0]) if "device" in trials and trials["device"].notna().any() else "cpu"
+    device_name = f"{device}-{platform.machine()}" if device == "cpu" else device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"search_efficiency-{name.replace(':', '').replace(' ', '-')}.json"
+    path = out / f"search_efficiency-{device_name.replace(':', '').replace(' ', '-').replace('=', '')}.json"
     path.write_text(json.dumps({
         "benchmark": "search_efficiency", "date": time.strftime("%Y-%m-%d"), "device": device,
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores", "space": str(args.space),
-        "grid_points": grid_size, "grid_trial_seconds": grid_seconds, "grid_wall_seconds": grid_wall,
-        "search_trials": search_trials,
-        "seeds": args.seeds, "margin": args.margin, "goal": {"closeness": GOAL_CLOSENESS, "cost": GOAL_COST},
-        "rules": record_rules, "table": table.to_dict(orient="records"),
-        "grid_trials": grid[["trial_id", "status", *names, "val_acc", "samples_per_s", "trial_seconds"]]
-        .to_dict(orient="records"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "space": str(args.space),
+        "seeds": args.seeds, "retrain_seeds": args.retrain_seeds, "confirm": args.confirm, "z": z,
+        "goal": {"cost_fraction": GOAL_COST, "overall": overall, "per_seed": per_seed},
+        "arms": records, "means": {k: {**v, "quality": dataclasses.asdict(v["quality"])} for k, v in arm_totals.items()},
+        "commands": commands,
+        "table": table.to_dict(orient="records"),
     }, indent=1, default=_plain))
     print(f"wrote {path}")
     return 0
-
-
-def _short(d: Optional[dict], names: list[str]) -> str:
-    if not d:
-        return "-"
-    return " ".join(f"{n}={d[n]}" for n in names) + f" acc={d['val_acc']:.3f} sps={d['samples_per_s']:.0f}"
 
 
 if __name__ == "__main__":

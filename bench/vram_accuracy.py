@@ -105,10 +105,10 @@ def measure_in_this_process(cfg: TrainConfig, emulate_card: Optional[str], bench
     torch.backends.cudnn.benchmark = benchmark
     free_at_start, cuda_total = torch.cuda.mem_get_info(device)
     if cap_bytes is not None:  # the card emulated by the predicted fit figure itself
-        from asl_ray.vram.cards import emulate_card_memory
+        from asl_ray.cards import emulate_card_memory
         emulate_card_memory(cap_bytes, device)
     elif emulate_card:
-        from asl_ray.vram.cards import emulate_card_memory, resolve_card
+        from asl_ray.cards import emulate_card_memory, resolve_card
         emulate_card_memory(resolve_card(emulate_card).usable_bytes, device)
     result: dict[str, Any] = {"oom": False, "cudnn_benchmark": benchmark, "cap_bytes": cap_bytes,
                               "cuda_total_bytes": int(cuda_total), "free_at_start_bytes": int(free_at_start)}
@@ -241,7 +241,7 @@ def run_gpu(args) -> Path:
     grid = config_grid(args.quick, precisions)
     card = None
     if args.emulate_gpu:
-        from asl_ray.vram.cards import resolve_card
+        from asl_ray.cards import resolve_card
         # The emulated card's memory, this card's kernels and workspaces (what the run really uses).
         card = dataclasses.replace(resolve_card(args.emulate_gpu), compute_capability=capability)
     rows = []
@@ -341,7 +341,7 @@ def run_cpu(args) -> Path:
         print(f"one-off FakeTensorMode import: {import_seconds:.2f} s")
         card = None
         if args.emulate_gpu:
-            from asl_ray.vram.cards import resolve_card
+            from asl_ray.cards import resolve_card
             card = resolve_card(args.emulate_gpu)
             print(card.describe())
         header = f"{'config':<28} {'estimate':>9} {'first call':>11} {'cached':>9}  how" + ("  fits" if card else "")

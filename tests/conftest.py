@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -44,9 +45,17 @@ def ray_local():
     ray.shutdown()
 
 
-def write_search_space(path: Path, **budget) -> Path:
-    """A search space small enough for CI, on a 0.7 GiB 'card': the second baseline cannot fit, the third
-    runs out of memory at its second step, the fourth's loss turns NaN at its second step."""
+SMOKE_PLAN_SEARCH = {"warmup_steps": 0, "steps": 1, "max_plans": 2}
+"""One timed optimizer step per plan, at most two plans per learning config: the plan search stays seconds."""
+
+
+def write_search_space(path: Path, *, plan_search: Optional[dict] = None, confirm: Optional[dict] = None,
+                       baselines: Optional[list] = None, **budget) -> Path:
+    """A two-level search space small enough for CI, on a 0.7 GiB 'card'. Learning params: the effective batch,
+    max_len and two test hooks; plans: the micro-batch. The baselines pin their plans: the first fits and trains
+    (8 x 2), the second (64 x 1 at max_len 512) cannot fit, the third runs out of memory at its 2nd optimizer step
+    (16 x 1), the fourth's loss turns NaN at its 2nd step (16 x 2). The plan search times one step per plan (the
+    hooks fire in training, after it); no confirmation runs unless `confirm` asks."""
     import yaml
     space = {
         "gpu": 0.7, "headroom_mb": 0, "sampler": "tpe", "scheduler": "asha", "seed": 0,
@@ -54,16 +63,19 @@ def write_search_space(path: Path, **budget) -> Path:
                    **budget},
         "fixed": {"depth": 1, "dim": 32, "num_workers": 0, "lr_per_64": 4e-3, "late_dropout": 0.3,
                   "throughput_warmup_steps": 1},
-        "params": {"batch_size": {"type": "categorical", "choices": [8, 16, 64]},
-                   "gradient_accumulation_steps": {"type": "categorical", "choices": [1, 2]},
+        "params": {"effective_batch_size": {"type": "categorical", "choices": [16, 32, 64]},
                    "max_len": {"type": "categorical", "choices": [32, 512]},
-                   # A test hook as a searched key: a trial that runs out of memory at its 2nd step.
+                   # Test hooks as searched keys: a trial that runs out of memory / diverges at its 2nd step.
                    "inject_oom_at_step": {"type": "categorical", "choices": [0, 2]},
                    "inject_nan_at_step": {"type": "categorical", "choices": [0, 2]}},
-        "baselines": [{"batch_size": 8, "gradient_accumulation_steps": 2, "max_len": 32},
-                      {"batch_size": 64, "gradient_accumulation_steps": 1, "max_len": 512},
-                      {"batch_size": 16, "gradient_accumulation_steps": 1, "max_len": 32, "inject_oom_at_step": 2},
-                      {"batch_size": 16, "gradient_accumulation_steps": 2, "max_len": 32, "inject_nan_at_step": 2}],
+        "plans": {"batch_size": [8, 16, 64]},
+        "plan_search": {"mode": "measure", **SMOKE_PLAN_SEARCH, **(plan_search or {})},
+        "confirm": {"seeds": 0, "finalists": 2, **(confirm or {})},
+        "baselines": baselines if baselines is not None else [
+            {"effective_batch_size": 16, "max_len": 32, "batch_size": 8},
+            {"effective_batch_size": 64, "max_len": 512, "batch_size": 64},
+            {"effective_batch_size": 16, "max_len": 32, "inject_oom_at_step": 2, "batch_size": 16},
+            {"effective_batch_size": 32, "max_len": 32, "inject_nan_at_step": 2, "batch_size": 16}],
     }
     path.write_text(f"# python -m asl_ray.search --space {path.name}\n" + yaml.safe_dump(space, sort_keys=False))
     return path

@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("search_efficiency", REPO / "bench" / "search_efficiency.py")
 se = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = se  # dataclasses look their module up
 _spec.loader.exec_module(se)
 
 

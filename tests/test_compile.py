@@ -8,7 +8,7 @@ from torch import nn
 
 from asl_ray.config import ConfigError, TrainConfig
 from asl_ray.data.dataset import SequenceDataset, make_loader, pad_to_batch_max, participant_split
-from asl_ray.data.ladder import length_ladder
+from asl_ray.ladder import length_ladder
 from asl_ray.model import GISLRModel
 from asl_ray.train.runtime import (EagerFallback, Runtime, compile_for, compile_metrics, compile_shape_budget,
                                    maybe_compile)

@@ -5,14 +5,17 @@ import socket
 import pytest
 
 from asl_ray.search.__main__ import build_parser
-from asl_ray.search.dashboard import dashboard_help
-from asl_ray.search.ray_cluster import DEFAULT_DASHBOARD_PORT, choose_dashboard_port, port_is_free
+from asl_ray.search.dashboard import DEFAULT_DASHBOARD_PORT, choose_dashboard_port, dashboard_help, port_is_free
 from asl_ray.train.local_ray import api_server_url
 
 
 def test_dashboard_defaults_to_loopback():
-    args = build_parser().parse_args([])
-    assert args.dashboard_host == "127.0.0.1" and args.dashboard_port is None  # None: 8265, or a free one
+    import dataclasses
+    from asl_ray.search.config import SearchConfig
+    defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+    assert defaults["dashboard_host"] == "127.0.0.1" and not defaults["dashboard"]
+    assert defaults["dashboard_port"] is dataclasses.MISSING  # worked out: 8265, or a free one
+    assert not {"dashboard_host", "dashboard_port"} & set(vars(build_parser().parse_args([])))  # not given
 
 
 def test_login_instructions_name_the_token_source_never_the_token(monkeypatch):

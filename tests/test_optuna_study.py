@@ -1,7 +1,7 @@
 """The search's Optuna study as optuna-dashboard shows it: named objectives, TrainConfig parameter names,
 and only trials that ran among the best (a repeat of a launched config is never a second best).
 
-The study is written by the product's own searcher (FitAwareOptunaSearch, Ray's OptunaSearch subclass;
+The study is written by the product's own searcher (FitAwareSearch, a Tune Searcher over Optuna's ask/tell;
 no Ray cluster is needed to drive it) into a real SQLite file, then read back through Optuna and through
 optuna-dashboard's own WSGI app, as `optuna-dashboard sqlite:///...` serves it."""
 import io
@@ -12,43 +12,45 @@ import optuna
 import pytest
 import yaml
 
-from asl_ray.search.searcher import METRICS, FitAwareOptunaSearch
+from asl_ray.search.searcher import METRICS, FitAwareSearch
 from asl_ray.search.space import load_space
 
-PARAMS = {"batch_size", "dim"}
+PARAMS = {"effective_batch_size", "dim"}
 
 
 @pytest.fixture(scope="module")
 def study_file(tmp_path_factory):
-    """A search over a 2 x 2 space, run to the end: one config rejected for VRAM, one stopped early
-    (epochs_done 1 of 2), the rest finished, and TPE's repeats told as duplicates."""
+    """A search over a 2 x 2 space of learning knobs (micro-batch 8: 8 x 1 or 8 x 2), run to the end: one config
+    rejected for VRAM, one stopped early (epochs_done 1 of 2), the rest finished, and TPE's repeats told as
+    duplicates."""
     tmp_path = tmp_path_factory.mktemp("study")
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump({
         "sampler": "tpe", "seed": 1, "budget": {"trials": 10, "epochs": 2},
-        "params": {"batch_size": {"type": "categorical", "choices": [8, 16]},
+        "params": {"effective_batch_size": {"type": "categorical", "choices": [8, 16]},
                    "dim": {"type": "categorical", "choices": [32, 64]}},
-        "baselines": [{"batch_size": 8, "dim": 32}]}))
+        "plans": {"batch_size": [8]},
+        "baselines": [{"effective_batch_size": 8, "dim": 32}]}))
     space = load_space(path)
     db = tmp_path / "optuna.db"
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
 
-    def predict(values):  # 16 x 64 is "predicted not to fit"
-        big = values["batch_size"] == 16 and values["dim"] == 64
+    def fits(cfg):  # effective batch 16 at dim 64 is "predicted not to fit"
+        big = cfg.effective_batch_size() == 16 and cfg.dim == 64
         return not big, (900 if big else 100) * 2 ** 20
 
-    search = FitAwareOptunaSearch(space, predict, storage=storage, study_name="s", max_epochs=2)
+    search = FitAwareSearch(space, fits, storage=storage, study_name="s", max_epochs=2)
     from ray.tune.search import Searcher
     for i in range(10):
         config = search.suggest(f"t{i}")
         if config is Searcher.FINISHED:
             break
         values = config["train_loop_config"]
-        stopped = values == {"batch_size": 16, "dim": 32}
+        stopped = values == {"effective_batch_size": 16, "dim": 32}
         search.on_trial_complete(f"t{i}", {"val_acc": 0.5 + 0.1 * (values["dim"] == 64), "samples_per_s": 100.0 / i
                                            if i else 100.0, "epochs_done": 1 if stopped else 2, "training_iteration": 1,
                                            "feasible": True, "status": "ok"})
-    study = search._ot_study
+    study = search.study
     assert any(t.user_attrs.get("status") == "duplicate" for t in study.trials), "no repeat to test"
     assert any(t.user_attrs.get("status") == "rejected" for t in study.trials)
     return db
@@ -72,7 +74,8 @@ def test_the_study_reads_well_in_optuna(study_file):
     assert best and {t.number for t in best} <= ran  # no repeat, no rejected config among the best
     duplicates = [t for t in study.trials if t.user_attrs.get("status") == "duplicate"]
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in duplicates)
-    stopped = [t for t in study.trials if t.params == {"batch_size": 16, "dim": 32} and "ray_trial_id" in t.user_attrs]
+    stopped = [t for t in study.trials if t.params == {"effective_batch_size": 16, "dim": 32}
+               and "ray_trial_id" in t.user_attrs]
     assert [t.state for t in stopped] == [optuna.trial.TrialState.PRUNED]  # epochs_done 1 of 2: stopped early
 
 

@@ -1,73 +1,126 @@
-"""A real search on a real local Ray with a real Optuna study: results agree, rejected configs never run,
-the best config trains."""
+"""Real searches on a real local Ray with a real Optuna study.
+
+The two-level search (`--confirm 1 --finalists 2`): learning configs sampled by Optuna, each trial's plan
+chosen by measuring its candidates in the worker, rejected configs never run, OOM and NaN trials infeasible,
+the finalists re-trained with fresh seeds before best_config.yaml is written, and the best config trains.
+The one-level search (`--plan-search optuna`): Optuna samples the micro-batch too, and no plan is measured.
+"""
+import json
+
 import optuna
 import pandas as pd
 import pytest
 import yaml
 
+from asl_ray.config import load_config_yaml
 from asl_ray.search.__main__ import main as search_main
 from asl_ray.train.__main__ import main as train_main
 from conftest import write_search_space
 
 pytestmark = pytest.mark.slow
 
+NEVER_LAUNCHED = ("rejected", "no_plan")
 
-def test_search_end_to_end(ray_local, synth_root, synth_cache, tmp_path, capsys):
+
+def _search(space, synth_root, synth_cache, tmp_path, name, *extra):
+    return search_main(["--space", str(space), "--data", str(synth_root), "--cache-dir", str(synth_cache.path.parent),
+                        "--storage-path", str(tmp_path / "runs"), "--name", name, *extra])
+
+
+def test_two_level_search_with_confirmation(ray_local, synth_root, synth_cache, tmp_path, capsys):
     space = write_search_space(tmp_path / "space.yaml", trials=4)
-    rc = search_main(["--space", str(space), "--data", str(synth_root), "--cache-dir", str(synth_cache.path.parent),
-                      "--storage-path", str(tmp_path / "runs"), "--name", "e2e"])
-    assert rc == 0
+    assert _search(space, synth_root, synth_cache, tmp_path, "e2e", "--confirm", "1", "--finalists", "2") == 0
     root = tmp_path / "runs" / "e2e"
-    for f in ("trials.parquet", "trials.csv", "optuna.db", "pareto.png", "best_config.yaml", "report.md"):
+    for f in ("trials.parquet", "trials.csv", "optuna.db", "pareto.png", "curves.png", "best_config.yaml",
+              "report.md", "confirm.parquet", "finalists.json"):
         assert (root / f).exists(), f
     df = pd.read_parquet(root / "trials.parquet")
-    launched = df[df["status"] != "rejected"]
+    launched = df[~df["status"].isin(NEVER_LAUNCHED)]
     rejected = df[df["status"] == "rejected"]
-    assert len(launched) == 4  # rejected configs do not use up the trial budget
+    assert len(launched) == 4  # configs never launched do not use up the trial budget
     assert set(launched["status"]) <= {"ok", "stopped", "oom", "diverged"}
     oom = launched[(launched["inject_oom_at_step"] == 2) & (launched["inject_nan_at_step"] == 0)]
     assert set(oom["status"]) == {"oom"} and not oom["feasible"].any()  # infeasible, and the search went on
     nan = launched[(launched["inject_nan_at_step"] == 2) & (launched["inject_oom_at_step"] == 0)]
     assert set(nan["status"]) == {"diverged"} and not nan["on_pareto_front"].any()  # never the best
-    # The second baseline (64 x 512) is predicted not to fit 0.7 GiB: recorded, never launched.
-    big = rejected[(rejected["batch_size"] == 64) & (rejected["max_len"] == 512)]
+    # The second baseline (64 x 1 at max_len 512, its plan pinned) is predicted not to fit 0.7 GiB: recorded,
+    # never launched.
+    big = rejected[(rejected["effective_batch_size"] == 64) & (rejected["max_len"] == 512)]
     assert len(big) >= 1 and (big["predicted_fit_mb"] > 0.7 * 1024).all()
     assert not ((launched["batch_size"] == 64) & (launched["max_len"] == 512)).any()
     assert (launched["predicted_fit_mb"] <= 0.7 * 1024).all()
     assert (launched["predicted_reserved_mb"] < launched["predicted_total_mb"]).all()  # without the CUDA context
+
+    # Each trial ran a plan of its learning config: micro-batch x accumulation = its effective batch.
     ran = launched[launched["status"].isin(["ok", "stopped"])]
+    assert (ran["batch_size"] * ran["gradient_accumulation_steps"] == ran["effective_batch_size"]).all()
+    assert (ran["plan"] == ran["batch_size"].astype(str) + "x" + ran["gradient_accumulation_steps"].astype(str)).all()
+    first = launched[launched["baseline"] == "baseline0"].iloc[0]  # its plan pinned: 8 x 2, measured alone
+    assert (first["plan"], first["plans_measured"] + first["plans_from_cache"]) == ("8x2", 1)
+    assert (launched["plans_measured"] + launched["plans_from_cache"]).between(1, 2).all()  # max_plans 2
+    assert (ran["plan_samples_per_s"] > 0).all() and (ran["val_samples"] > 0).all()
     assert (ran["rss_peak_mb"] > 0).all() and ran["cuda_max_reserved_mb"].isna().all()  # a CPU run: no CUDA figure
     assert set(ran["precision_run"]) == {"fp32"}  # what the CPU ran, whatever was configured
-    assert (df.loc[df["status"] == "ok", "epochs_run"] == 2).all()
-    # Trial configs hold TrainConfig keys only (the predicted figure named every trial directory).
-    assert not [p.name for p in (root / "tune").iterdir() if "predicted" in p.name]
+    ok = df[df["status"] == "ok"]
+    assert (ok["epochs_run"] == 2).all() and all(len(json.loads(c)) == 2 for c in ok["val_acc_curve"])
+    assert not [p.name for p in (root / "tune").iterdir() if "predicted" in p.name]  # TrainConfig keys only
     assert len(list((root / "train").glob("trial-*"))) == len(launched)
 
     study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{root / 'optuna.db'}")
     assert study.metric_names == ["val_acc", "samples_per_s"]
-    assert all("/" not in name for t in study.trials for name in t.params)  # TrainConfig keys, as in the space
+    assert {name for t in study.trials for name in t.params} <= {"effective_batch_size", "max_len",
+                                                                  "inject_oom_at_step", "inject_nan_at_step"}
     assert all(t.user_attrs.get("status") != "duplicate" and "ray_trial_id" in t.user_attrs for t in study.best_trials)
-    by_state = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
-    assert by_state.get("RUNNING", 0) == 0
+    assert not [t.number for t in study.trials if t.state.name == "RUNNING"]
     assert sum(1 for t in study.trials if t.user_attrs.get("status") == "rejected") == len(rejected)
-    assert all(t.constraints.get("infeasible", 0) > 0 for t in study.trials
-               if t.user_attrs.get("status") in ("rejected", "oom", "diverged"))
-    finished_ok = df[df["status"] == "ok"]
     completed_feasible = [t for t in study.trials if t.state.name == "COMPLETE" and t.constraints.get("infeasible") == 0
-                          and t.user_attrs.get("status") != "duplicate"]  # a repeat is told, never launched
-    assert len(completed_feasible) == len(finished_ok)
-    assert sorted(round(t.values[0], 6) for t in completed_feasible) == sorted(round(v, 6) for v in finished_ok["val_acc"])
+                          and t.user_attrs.get("status") != "duplicate"]
+    assert sorted(round(t.values[0], 6) for t in completed_feasible) == sorted(round(v, 6) for v in ok["val_acc"])
+
+    # The confirmation stage: each finalist (finished trials only) once more with a fresh seed, in its own
+    # Tune experiment, one TorchTrainer run each.
+    finalists = json.loads((root / "finalists.json").read_text())
+    assert 1 <= len(finalists) <= 2 and set(finalists) <= set(ok["trial_id"])
+    confirm = pd.read_parquet(root / "confirm.parquet")
+    assert sorted(confirm["finalist"]) == sorted(finalists) and set(confirm["status"]) == {"ok"}
+    seeds = ok.set_index("trial_id")["seed"]
+    assert all(row.seed == seeds[row.finalist] + 1000 for row in confirm.itertuples())
+    assert confirm["trial_id"].is_unique and not set(confirm["trial_id"]) & set(df["trial_id"])
+    assert (confirm["val_samples"] == ok["val_samples"].iloc[0]).all() and confirm["val_acc"].between(0, 1).all()
+    assert len(list((root / "confirm" / "train").glob("trial-*"))) == len(confirm)
+    assert len(list((root / "confirm" / "tune").glob("*/progress.csv"))) == len(confirm)
 
     best = yaml.safe_load((root / "best_config.yaml").read_text())
-    chosen = df[df["on_pareto_front"]]
-    assert any((chosen["batch_size"] == best["batch_size"]) & (chosen["max_len"] == best["max_len"]))
+    cfg = load_config_yaml(root / "best_config.yaml")
+    chosen = ok[(ok["batch_size"] == cfg.batch_size) & (ok["gradient_accumulation_steps"] ==
+                                                        cfg.gradient_accumulation_steps) & (ok["max_len"] == cfg.max_len)]
+    assert len(chosen) >= 1 and "effective_batch_size" not in best  # TrainConfig keys only
+    report = (root / "report.md").read_text()
+    assert "## Confirmation runs" in report and all(f in report for f in finalists)
+    assert "Plans measured for this config" in report and chosen["plan"].iloc[0] in report
     out = capsys.readouterr().out
-    assert "Pareto front" in out and "Chosen: trial" in out
+    assert "search: " in out and f"confirm: {len(finalists)} finalists x 1 fresh seeds" in out
+    assert "Chosen: trial" in out
+    assert "TrainingReport(" not in out and "(RayTrainWorker" not in out  # workers' output: Ray's log files
 
     _assert_no_secret_written(root)
 
     assert train_main(["--data", str(synth_root), "--cache-dir", str(synth_cache.path.parent), "--config",
                        str(root / "best_config.yaml"), "--out", str(tmp_path / "best"), "--epochs", "1"]) == 0
+
+
+def test_one_level_search_samples_the_micro_batch(ray_local, synth_root, synth_cache, tmp_path):
+    space = write_search_space(tmp_path / "space.yaml", trials=2, epochs=1, grace_period=1, max_steps_per_epoch=3,
+                               baselines=[{"effective_batch_size": 16, "max_len": 32, "batch_size": 8}])
+    assert _search(space, synth_root, synth_cache, tmp_path, "one", "--plan-search", "optuna") == 0
+    root = tmp_path / "runs" / "one"
+    df = pd.read_parquet(root / "trials.parquet")
+    launched = df[~df["status"].isin(NEVER_LAUNCHED)]
+    assert len(launched) == 2 and (launched["plans_measured"] == 0).all()  # no plan is measured
+    assert (launched["batch_size"] * launched["gradient_accumulation_steps"] == launched["effective_batch_size"]).all()
+    study = optuna.load_study(study_name="one", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert "batch_size" in {name for t in study.trials for name in t.params}  # Optuna samples it
+    assert (root / "best_config.yaml").exists() and not (root / "confirm.parquet").exists()
 
 
 def _assert_no_secret_written(root):

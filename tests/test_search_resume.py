@@ -13,7 +13,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import yaml
 
 from conftest import REPO, write_search_space
 
@@ -40,7 +39,8 @@ def _finished_trials(db: Path, name: str) -> list:
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     except Exception:  # study not created yet
         return []
-    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("status") != "rejected"]
+    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")
+            and t.user_attrs.get("status") not in ("rejected", "no_plan", "duplicate")]
 
 
 def _saved_trial_states(tune_dir: Path) -> dict:
@@ -68,16 +68,13 @@ def _mid_fit_trial(tune_dir: Path, finished: set) -> str:
 
 
 def _space(tmp_path: Path) -> Path:
-    """Three configs that fit and train, no early stopping (grace period = epochs): the second one is
-    interrupted mid-fit."""
-    path = write_search_space(tmp_path / "space.yaml", trials=3, epochs=EPOCHS, grace_period=EPOCHS,
-                              max_steps_per_epoch=STEPS)
-    raw = yaml.safe_load(path.read_text())
-    raw["baselines"] = [{"batch_size": 8, "gradient_accumulation_steps": 2, "max_len": 32},
-                        {"batch_size": 16, "gradient_accumulation_steps": 1, "max_len": 32},
-                        {"batch_size": 8, "gradient_accumulation_steps": 1, "max_len": 32}]
-    path.write_text(f"# python -m asl_ray.search --space {path.name}\n" + yaml.safe_dump(raw, sort_keys=False))
-    return path
+    """Three learning configs that fit and train (their plans pinned), no early stopping (grace period =
+    epochs): the second one is interrupted mid-fit."""
+    return write_search_space(tmp_path / "space.yaml", trials=3, epochs=EPOCHS, grace_period=EPOCHS,
+                              max_steps_per_epoch=STEPS, baselines=[
+                                  {"effective_batch_size": 16, "max_len": 32, "batch_size": 8},
+                                  {"effective_batch_size": 32, "max_len": 32, "batch_size": 8},
+                                  {"effective_batch_size": 64, "max_len": 32, "batch_size": 16}])
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
@@ -114,7 +111,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     df = pd.read_parquet(root / "trials.parquet")
-    launched = df[df["status"] != "rejected"]
+    launched = df[~df["status"].isin(["rejected", "no_plan"])]
     assert launched["trial_id"].is_unique
     assert set(before) <= set(launched["trial_id"])
     for trial_id in before:  # a finished trial kept its results and was not trained again

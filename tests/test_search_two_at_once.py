@@ -53,6 +53,11 @@ def _start(name, space, synth_root, synth_cache, tmp_path, *extra):
     return subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True), tmp_path / f"{name}.out"
 
 
+def _launched(trials: Path) -> set:
+    df = pd.read_parquet(trials)
+    return set(df.loc[~df["status"].isin(["rejected", "no_plan"]), "trial_id"])
+
+
 def test_two_searches_at_once_and_the_train_page(synth_root, synth_cache, tmp_path):
     space = write_search_space(tmp_path / "space.yaml", trials=1, epochs=1, grace_period=1, max_steps_per_epoch=3)
     port_a, port_b = _free_port(), _free_port()
@@ -89,10 +94,7 @@ def test_two_searches_at_once_and_the_train_page(synth_root, synth_cache, tmp_pa
     assert url == f"http://127.0.0.1:{port_a}", log_a[:2000]
     assert root_page == 200  # the printed URL answers (with the token)
     assert unauthorized == {401}, unauthorized  # the API without the token: refused, every time
-    trial_ids = set(pd.read_parquet(tmp_path / "runs" / "watched" / "trials.parquet").query("status != 'rejected'")
-                    ["trial_id"])
-    other_ids = set(pd.read_parquet(tmp_path / "runs" / "other" / "trials.parquet").query("status != 'rejected'")
-                    ["trial_id"])
+    trial_ids, other_ids = (_launched(tmp_path / "runs" / name / "trials.parquet") for name in ("watched", "other"))
     assert len(trial_ids) == 1 and len(other_ids) == 1
     # Its own trial's TorchTrainer run, seen while the search ran; none of the other search's.
     assert set(seen) == {f"trial-{t}" for t in trial_ids}, seen

@@ -1,10 +1,12 @@
-"""python -m asl_ray.vram: one config, a space table, and its bad inputs (one line, exit 2)."""
+"""python -m asl_ray.vram: one config and its bad inputs (one line, exit 2); the search space's fit table,
+moved to python -m asl_ray.search.fit_table (vram never imports search)."""
 import pytest
 import yaml
 
+from asl_ray.search.fit_table import main as fit_table_main
 from asl_ray.vram.__main__ import main as vram_main
 from conftest import expect_bad_input
-from asl_ray.vram.cards import CARD_TOTAL_MIB, CARDS, CardError, card_from_device_memory, resolve_card
+from asl_ray.cards import CARD_TOTAL_MIB, CARDS, CardError, card_from_device_memory, resolve_card
 from asl_ray.vram.constants import CUDA_CONTEXT_BYTES
 
 MiB = 2 ** 20
@@ -26,16 +28,52 @@ def test_does_not_fit_a_tiny_card(capsys):
     assert "DOES NOT FIT" in capsys.readouterr().out
 
 
-def test_space_table(tmp_path, capsys):
-    space = tmp_path / "s.yaml"
-    space.write_text("# python -m asl_ray.search --space s.yaml\n" + yaml.safe_dump({
-        "fixed": {"depth": 1},
-        "params": {"batch_size": {"type": "categorical", "choices": [4, 8]},
-                   "dim": {"type": "categorical", "choices": [32]},
-                   "max_len": {"type": "categorical", "choices": [32]}}}))
-    assert vram_main(["--gpu", "rtx4070", "--space", str(space)]) == 0
+def _space(tmp_path, **sections):
+    path = tmp_path / "s.yaml"
+    path.write_text("# python -m asl_ray.search --space s.yaml\n" + yaml.safe_dump(sections))
+    return path
+
+
+def test_fit_table_lists_per_learning_config_the_plans_that_fit(tmp_path, capsys):
+    # A 0.7 GiB card holds micro-batches up to ~180 of this model: 12x1 and 8x128 fit, 1024x1 does not.
+    space = _space(tmp_path, fixed={"depth": 1, "dim": 64},
+                   params={"effective_batch_size": {"type": "categorical", "choices": [12, 1024]},
+                           "max_len": {"type": "categorical", "choices": [64]}},
+                   plans={"batch_size": [8, 12, 1024], "precision": ["fp16", "bf16"]})
+    assert fit_table_main(["--space", str(space), "--gpu", "0.7", "--headroom-mb", "0"]) == 0
     out = capsys.readouterr().out
-    assert "largest batch" in out and "2 of 2" in out
+    rows = {tuple(line.split()[:3]): line for line in out.splitlines() if line.split()[:1] in (["12"], ["1024"])}
+    # One row per learning config x precision; only micro-batches that divide the effective batch are plans.
+    assert set(rows) == {(e, "64", p) for e in ("12", "1024") for p in ("fp16", "bf16")}
+    assert rows[("12", "64", "fp16")].endswith("12x1")
+    assert rows[("1024", "64", "bf16")].endswith("8x128") and "1024x1" not in out
+    largest = int(rows[("1024", "64", "fp16")].split()[3])
+    assert 12 < largest < 1024
+    assert "4 of 6 plans fit over 2 learning configs" in out and "[8, 1024]" in out
+
+
+def test_fit_table_says_when_no_micro_batch_divides(tmp_path, capsys):
+    space = _space(tmp_path, fixed={"depth": 1, "dim": 32, "max_len": 32},
+                   params={"effective_batch_size": {"type": "int", "low": 7, "high": 8}},
+                   plans={"batch_size": [8]})
+    assert fit_table_main(["--space", str(space), "--gpu", "rtx4070"]) == 0
+    out = capsys.readouterr().out
+    assert "no plan" in out and "1 of 1 plans fit over 2 learning configs" in out
+
+
+def test_vram_space_points_to_the_fit_table(capsys):
+    message = expect_bad_input(vram_main, capsys, "--gpu", "rtx4070", "--space", "search_spaces/cpu-smoke.yaml")
+    assert "python -m asl_ray.search.fit_table --space search_spaces/cpu-smoke.yaml --gpu rtx4070" in message
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--space", "nope.yaml"], "nope.yaml"),
+    (["--space", "search_spaces/cpu-smoke.yaml", "--gpu", "gtx-imaginary"], "gtx-imaginary"),
+    (["--space", "search_spaces/cpu-smoke.yaml", "--num-classes", "0"], "--num-classes"),
+    ([], "--space"),
+])
+def test_fit_table_bad_inputs(capsys, args, needle):
+    assert needle in expect_bad_input(fit_table_main, capsys, *args)
 
 
 @pytest.mark.parametrize("args,needle", [

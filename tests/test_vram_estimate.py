@@ -14,7 +14,7 @@ from asl_ray.model import GISLRModel
 from asl_ray.train.optim import make_optimizer
 from asl_ray.vram import constants
 from asl_ray.vram import estimate as E
-from asl_ray.vram.cards import resolve_card
+from asl_ray.cards import resolve_card
 from asl_ray.vram.fit import fits, largest_batch_that_fits
 
 NUM_CLASSES = 20
@@ -197,7 +197,7 @@ def test_largest_batch_rejects_a_bad_range():
 # ---- issue 13: two figures, the fit rule, per-architecture workspaces, the real shape sequence ------
 
 def test_fit_verdict_uses_the_least_need_under_free_and_retry_not_the_unconstrained_peak():
-    from asl_ray.vram.cards import Card
+    from asl_ray.cards import Card
     cfg = small(max_len=256, batch_size=48)
     est = estimate(cfg)
     assert est.need_bytes <= est.reserved_peak_bytes()
@@ -224,7 +224,7 @@ def test_cublas_workspace_follows_the_compute_capability():
 
 
 def test_drawn_lengths_follow_the_padding_mode_and_the_loops_sampler():
-    from asl_ray.data.ladder import length_ladder
+    from asl_ray.ladder import length_ladder
     from asl_ray.vram.shapes import drawn_lengths
     cfg = small(max_len=384, batch_size=12)
     assert drawn_lengths(dataclasses.replace(cfg, pad_to="max_len")) == (384,) * 6
@@ -247,7 +247,7 @@ def test_real_shape_sequence_is_replayed_and_its_fragmentation_reported():
 
 
 def test_reduce_overhead_compile_adds_static_inputs_per_captured_shape():
-    from asl_ray.data.ladder import length_ladder
+    from asl_ray.ladder import length_ladder
     cfg = small(compile=True, pad_to="ladder")
     default = estimate(cfg)
     graphs = estimate(dataclasses.replace(cfg, compile_mode="reduce-overhead"))
@@ -258,7 +258,7 @@ def test_reduce_overhead_compile_adds_static_inputs_per_captured_shape():
 
 
 def test_the_verdict_replays_at_the_cards_own_limit():
-    from asl_ray.vram.cards import Card
+    from asl_ray.cards import Card
     from asl_ray.vram.fit import fits_within
     cfg = small(max_len=128, batch_size=24)
     est = estimate(cfg)

@@ -73,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     emulated = None
     if on_cuda and not args.no_emulate:
-        from asl_ray.vram.cards import emulate_card_memory
+        from asl_ray.cards import emulate_card_memory
         emulated = emulate_card_memory(card.usable_bytes, device)
     print(f"device: {device_name}" + (f"; memory capped as {card.describe()}" if emulated else ""))
     print(f"base: batch {base.batch_size} x accum {base.gradient_accumulation_steps}, dim {base.dim}, depth "
@@ -123,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _inputs(args):
-    from asl_ray.vram.cards import DEFAULT_HEADROOM_MB, CardError, resolve_card
+    from asl_ray.cards import DEFAULT_HEADROOM_MB, CardError, resolve_card
     try:
         from asl_ray.config import load_config_yaml
         base = load_config_yaml(args.config) if args.config else TrainConfig()

@@ -69,7 +69,7 @@ def ablations_for(base: TrainConfig) -> list[Ablation]:
         Ablation(f"bucketing={'off' if base.length_bucketing else 'on'}", {"length_bucketing": not base.length_bucketing}),
         Ablation("pad=batch_max" if base.pad_to == "ladder" else "pad=ladder",
                  {"pad_to": "batch_max" if base.pad_to == "ladder" else "ladder"},
-                 note="ladder: at most 12 padded lengths (asl_ray/data/ladder.py)"),
+                 note="ladder: at most 12 padded lengths (asl_ray/ladder.py)"),
         Ablation("compile+ladder", {"compile": True, "pad_to": "ladder"},
                  note="static lengths, one compilation per rung; the result's compile_seconds says how long"),
         Ablation("compile=reduce-overhead", {"compile": True, "compile_mode": "reduce-overhead", "pad_to": "ladder"},

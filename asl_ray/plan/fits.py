@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from asl_ray.config import TrainConfig
-from asl_ray.vram.cards import Card
+from asl_ray.cards import Card
 from asl_ray.vram.fit import fits_within
 
 

@@ -1,14 +1,16 @@
 """The Tune experiment of one search: build it (or restore it), run it, and turn its results into rows.
 
-Layout of `runs/<name>/`: `tune/` (the Tune experiment), `train/` (each trial's TorchTrainer run,
-named after the trial id), `optuna.db` (the study), and the result files written by `report`.
+Layout of `runs/<name>/`: `tune/` (the Tune experiment), `train/` (each trial's TorchTrainer run, named
+after the trial id), `plans/` (the plan cache), `optuna.db` (the study), and the result files written by
+`results`. `sc` is the search's SearchConfig (asl_ray/search/config.py).
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,85 +19,58 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from asl_ray.config import TrainConfig
+from asl_ray.cards import Card
+from asl_ray.config import ConfigError, TrainConfig
+from asl_ray.plan.fits import CardFit
 from asl_ray.search.driver import DRIVER_CPUS, TrialSettings, train_driver_fn
-from asl_ray.search.searcher import (EPOCHS_DONE, TRAIN_LOOP_CONFIG, FitAwareOptunaSearch, epochs_done,
+from asl_ray.search.searcher import (BASELINE_ATTR, EPOCHS_DONE, TRAIN_LOOP_CONFIG, FitAwareSearch, epochs_done,
                                      fail_unfinished_trials)
 from asl_ray.search.space import SearchSpace
-from asl_ray.vram.cards import Card
+from asl_ray.search.trial_worker import PLAN_CONFIG_PREFIX
 
 log = logging.getLogger(__name__)
-TUNE_DIR, TRAIN_DIR, STUDY_FILE = "tune", "train", "optuna.db"
 MiB = 2 ** 20
-PROGRESS_METRICS = {"val_acc": "acc", "samples_per_s": "samples/s", "cuda_max_reserved_mb": "CUDA reserved MB",
-                    "rss_peak_mb": "host RSS MB", "precision": "ran", "status": "status", EPOCHS_DONE: "epochs"}
-
-
-@dataclass(frozen=True)
-class VramPredictor:
-    """Picklable (it is saved with the searcher): does `base + values` fit `usable_bytes`?"""
-    base: dict
-    usable_bytes: int
-    num_classes: int
-    compute_capability: Optional[tuple[int, int]] = None
-    """The card's architecture (cuBLAS workspaces are sized by it); None sizes them for an unknown card."""
-
-    def __call__(self, values: dict) -> tuple[bool, int]:
-        from asl_ray.vram.fit import fits_within
-        cfg = TrainConfig.from_dict({**self.base, **values}, source="sampled config")
-        # The verdict: least need under the allocator's free-and-retry + context + margin, and a replay
-        # capped at this card's limit (vram/fit.py).
-        return fits_within(cfg, self.usable_bytes, self.num_classes, self.compute_capability)
-
-
-@dataclass(frozen=True)
-class Experiment:
-    space: SearchSpace
-    card: Card
-    root: Path  # runs/<name>
-    cache_path: Path
-    num_classes: int
-    trials: int
-    emulate: bool
-    concurrency: int = 0  # 0: one trial per GPU in the cluster (1 without GPUs)
-    cpus_per_trial: float = 1.0
-    max_failures: int = 2  # worker crashes a trial survives (restarted from its last checkpoint)
-
-    @property
-    def study_name(self) -> str:
-        return self.root.name
-
-    def storage_url(self) -> str:
-        return f"sqlite:///{(self.root / STUDY_FILE).resolve()}"
-
-    def can_resume(self) -> bool:
-        return tune.Tuner.can_restore(str((self.root / TUNE_DIR).resolve()))
+NAN = float("nan")
+PROGRESS_METRICS = {"plan": "plan", "val_acc": "acc", "samples_per_s": "samples/s", EPOCHS_DONE: "epochs",
+                    "status": "status"}
+PLAN_METRIC_DEFAULTS = {"plan": "", "plan_samples_per_s": NAN, "plan_peak_reserved_mb": NAN, "plan_runner_ups": "[]",
+                        "plans_measured": 0, "plans_from_cache": 0, "plans_rejected": 0, "plan_search_seconds": NAN}
+"""The plan columns of a row (PlanChoice.metrics()), as a trial that searched no plan has them."""
+NEVER_LAUNCHED = ("rejected", "no_plan")  # Optuna user attr status of configs told in `suggest`
 
 
 def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def _trainable(exp: Experiment, use_gpu: bool):
-    settings = TrialSettings(
-        base_config=exp.space.base_config().to_dict(), cache_path=str(exp.cache_path),
-        train_storage=str((exp.root / TRAIN_DIR).resolve()), use_gpu=use_gpu,
-        cpus_per_worker=exp.cpus_per_trial, emulate_usable_bytes=exp.card.usable_bytes if exp.emulate and use_gpu else None,
-        max_failures=exp.max_failures)
+def trial_settings(sc, use_gpu: bool, plan_search: Optional[bool] = None) -> TrialSettings:
+    """What every trial of the search shares. `plan_search` None: on in the space's mode `measure`; the
+    confirmation stage passes False (its configs are full TrainConfig dicts, trained as given)."""
+    space = sc.space
+    return TrialSettings(
+        base_config=space.base_config().to_dict(), cache_path=str(sc.cache_path),
+        train_storage=str(Path(sc.train_dir()).resolve()), use_gpu=use_gpu, cpus_per_worker=sc.cpus_per_trial,
+        emulate_usable_bytes=sc.card.usable_bytes if sc.emulate and use_gpu else None,
+        max_failures=sc.max_failures,
+        plan_search=space.plan_search.mode == "measure" if plan_search is None else plan_search, space=space,
+        plan_cache_dir=str(Path(sc.plan_cache_dir()).resolve()), warmup_steps=space.plan_search.warmup_steps,
+        steps=space.plan_search.steps, max_plans=space.plan_search.max_plans, plan_keys=tuple(space.plan_names()),
+        usable_bytes=sc.card.usable_bytes, num_classes=sc.num_classes, compute_capability=sc.card.compute_capability)
+
+
+def trainable(settings: TrialSettings):
     return tune.with_resources(tune.with_parameters(train_driver_fn, settings=settings), {"cpu": DRIVER_CPUS})
 
 
-def _searcher(exp: Experiment) -> FitAwareOptunaSearch:
-    storage = optuna.storages.RDBStorage(exp.storage_url())
-    predictor = VramPredictor(exp.space.base_config().to_dict(), exp.card.usable_bytes, exp.num_classes,
-                              exp.card.compute_capability)
-    return FitAwareOptunaSearch(exp.space, predictor, storage=storage, study_name=exp.study_name,
-                                max_epochs=exp.space.budget.epochs)
+def _searcher(sc) -> FitAwareSearch:
+    storage = optuna.storages.RDBStorage(sc.storage_url())
+    return FitAwareSearch(sc.space, CardFit.for_card(sc.card, sc.num_classes), storage=storage,
+                          study_name=sc.study_name(), max_epochs=sc.space.budget.epochs)
 
 
-def _scheduler(exp: Experiment):
-    b = exp.space.budget
-    if exp.space.scheduler == "fifo":
+def _scheduler(space: SearchSpace):
+    b = space.budget
+    if space.scheduler == "fifo":
         return FIFOScheduler()
     # stop_last_trials=False: a trial that reaches max_t finishes its fit() instead of being torn down
     # mid-teardown (which leaks its worker placement group until Train's cleaner notices).
@@ -103,83 +78,109 @@ def _scheduler(exp: Experiment):
                          grace_period=b.grace_period, reduction_factor=b.reduction_factor, stop_last_trials=False)
 
 
-def _run_config(exp: Experiment) -> tune.RunConfig:
+def progress_reporter(space: SearchSpace):
+    """The classic progress table: the learning keys, the chosen plan, acc, samples/s, epochs, status."""
     from ray.tune import CLIReporter
-    params = {f"{TRAIN_LOOP_CONFIG}/{name}": name for name in exp.space.param_names()}
-    reporter = CLIReporter(parameter_columns=params, metric_columns=PROGRESS_METRICS, max_report_frequency=30)
-    return tune.RunConfig(name=TUNE_DIR, storage_path=str(exp.root.resolve()), progress_reporter=reporter,
-                          verbose=1, failure_config=tune.FailureConfig(max_failures=0))
+    params = {f"{TRAIN_LOOP_CONFIG}/{name}": name for name in space.param_names()}
+    return CLIReporter(parameter_columns=params, metric_columns=PROGRESS_METRICS, max_report_frequency=30)
 
 
-def run(exp: Experiment, resume: bool) -> Any:
-    """Run (or finish, with resume) the experiment; returns Tune's ResultGrid."""
-    # The classic progress table honours our columns (the searched keys, acc, samples/s, memory, the
-    # precision run, status, epochs); Tune's newer output ignores the reporter.
+def _run_config(sc) -> tune.RunConfig:
+    tune_dir = Path(sc.tune_dir()).resolve()
+    return tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent),
+                          progress_reporter=progress_reporter(sc.space), verbose=1,
+                          failure_config=tune.FailureConfig(max_failures=0))
+
+
+def can_resume(sc) -> bool:
+    return tune.Tuner.can_restore(str(Path(sc.tune_dir()).resolve()))
+
+
+def run(sc, resume: bool) -> Any:
+    """Run (or finish, with resume) the search's Tune experiment; returns Tune's ResultGrid."""
+    # The classic progress table honours our columns; Tune's newer output ignores the reporter.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Save the experiment's state at least every 10 s (it is small): a killed driver loses little.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     use_gpu = cluster_gpus() > 0
-    trainable = _trainable(exp, use_gpu)
+    fn = trainable(trial_settings(sc, use_gpu))
     if resume:
-        tuner = tune.Tuner.restore(str((exp.root / TUNE_DIR).resolve()), trainable=trainable,
+        tuner = tune.Tuner.restore(str(Path(sc.tune_dir()).resolve()), trainable=fn,
                                    resume_unfinished=True, resume_errored=False, restart_errored=True)
     else:
         tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=_searcher(exp), scheduler=_scheduler(exp), num_samples=exp.trials,
-                                        max_concurrent_trials=exp.concurrency or max(1, cluster_gpus())),
-            run_config=_run_config(exp))
+            fn,
+            tune_config=tune.TuneConfig(search_alg=_searcher(sc), scheduler=_scheduler(sc.space), num_samples=sc.trials,
+                                        max_concurrent_trials=sc.concurrency or max(1, cluster_gpus())),
+            run_config=_run_config(sc))
     started = time.perf_counter()
     grid = tuner.fit()
     log.info("tune finished in %.0f s", time.perf_counter() - started)
     return grid
 
 
-def stopped_in_flight(grid, exp: Experiment) -> list[str]:
+def _study(sc) -> optuna.Study:
+    return optuna.load_study(study_name=sc.study_name(), storage=sc.storage_url())
+
+
+def stopped_in_flight(grid, sc) -> list[str]:
     """Trials Tune stopped because the search was interrupted. Tune marks them TERMINATED with their
     last epoch's result (its saved state keeps them RUNNING, so --resume continues them), but it never
     told the searcher: their Optuna trials are still RUNNING. Errored trials are not among them."""
-    study = optuna.load_study(study_name=exp.study_name, storage=exp.storage_url())
     untold = {t.user_attrs.get("ray_trial_id")
-              for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+              for t in _study(sc).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
     return [r.metrics["trial_id"] for r in grid
             if r.error is None and r.metrics and r.metrics.get("trial_id") in untold]
 
 
-def close_study(exp: Experiment) -> int:
+def close_study(sc) -> int:
     """After a search that ran to its end: trials that never finished are told FAIL (see searcher)."""
-    study = optuna.load_study(study_name=exp.study_name, storage=exp.storage_url())
-    return fail_unfinished_trials(study)
+    return fail_unfinished_trials(_study(sc))
 
 
-def result_rows(grid, exp: Experiment) -> list[dict[str, Any]]:
-    """One row per trial: launched trials from Tune, rejected configs from the Optuna study."""
-    rows = []
-    for result in grid:
-        rows.append(_trial_row(result, exp))
-    rows += _rejected_rows(exp)
-    return rows
+# ---- rows (the "Trial rows" schema of trials.parquet) ------------------------------------------------
+
+def row_columns(space: SearchSpace) -> list[str]:
+    return ["trial_id", "status", "feasible", "baseline", *space.param_names(), *space.plan_names(),
+            "precision_run", "effective_batch", "epochs_run", "seed", "val_acc", "val_samples", "samples_per_s",
+            *PLAN_METRIC_DEFAULTS, "val_acc_curve", "cuda_max_reserved_mb", "cuda_max_allocated_mb",
+            "predicted_reserved_mb", "predicted_total_mb", "predicted_fit_mb", "rss_peak_mb", "device", "node_id",
+            "hostname", "trial_seconds", "loop_seconds", "error"]
 
 
-def row_config_keys(space: SearchSpace) -> list[str]:
-    """The searched keys (the space's own names), and the configured precision beside the one run."""
-    names = space.param_names()
-    return names + [k for k in ("precision",) if k not in names]
+def result_rows(grid, sc) -> list[dict[str, Any]]:
+    """One row per config: launched trials from Tune, rejected and no_plan configs from the Optuna study;
+    every row has every column of `row_columns` (NaN or '' where it has no value)."""
+    rows = [_trial_row(result, sc) for result in grid] + _never_launched_rows(sc)
+    columns = row_columns(sc.space)
+    return [{c: row.get(c, NAN) for c in columns} for row in rows]
 
 
-def predicted_memory(cfg: TrainConfig, num_classes: int, card: Card) -> dict[str, float]:
+def predicted_memory(cfg: Optional[TrainConfig], num_classes: int, card: Card) -> dict[str, float]:
     """The predictions, each labelled: the allocator's unconstrained peak (what `max_memory_reserved`
     measures, no CUDA context), that peak with the context (what nvidia-smi would show), and the fit
     figure the verdict compares with the card (least need under free-and-retry + context + margin)."""
+    if cfg is None:
+        return {"predicted_reserved_mb": NAN, "predicted_total_mb": NAN, "predicted_fit_mb": NAN}
     from asl_ray.vram.estimate import estimate_peak_vram
     estimate = estimate_peak_vram(cfg, num_classes, card.compute_capability)  # cached by the searcher's call
     return {"predicted_reserved_mb": estimate.reserved_peak_bytes() / MiB,
             "predicted_total_mb": estimate.total_bytes / MiB, "predicted_fit_mb": estimate.fit_bytes() / MiB}
 
 
+def baseline_name(space: SearchSpace, values: dict[str, Any]) -> str:
+    """The baseline a trial ran: its Optuna values are the baseline's, and so is its pinned plan (the plan
+    keys its config carries, mode measure)."""
+    pinned = ({k: values[k] for k in space.plans if k in values} if space.plan_search.mode == "measure" else None)
+    for name, baseline, plan in zip(space.baseline_names, space.baselines, space.baseline_plans, strict=True):
+        if all(values.get(k) == v for k, v in baseline.items()) and (pinned is None or pinned == dict(plan)):
+            return name
+    return ""
+
+
 def _column_max(history, name: str) -> float:
     if history is None or name not in history or history[name].isna().all():
-        return float("nan")
+        return NAN
     return float(history[name].max())
 
 
@@ -190,52 +191,94 @@ def _precision_run(history, metrics: dict) -> str:
     return str(metrics.get("precision", ""))
 
 
-def _trial_row(result, exp: Experiment) -> dict[str, Any]:
+def val_acc_curve(history) -> str:
+    """JSON list of val_acc per completed epoch (by the Train-side count: a resumed trial's progress.csv
+    holds both attempts' rows, Tune's iteration restarting; a row an OOM or no_plan ended with is no epoch)."""
+    if history is None or EPOCHS_DONE not in history or "val_acc" not in history:
+        return "[]"
+    rows = history[history[EPOCHS_DONE].fillna(0) > 0]
+    if "status" in rows:
+        rows = rows[rows["status"] == "ok"]
+    by_epoch = rows.drop_duplicates(EPOCHS_DONE, keep="last").sort_values(EPOCHS_DONE)
+    return json.dumps([float(v) for v in by_epoch["val_acc"]])
+
+
+def _chosen_plan(space: SearchSpace, values: dict, metrics: dict) -> dict[str, Any]:
+    """The plan the trial ran (reported by its worker), else what its config pins; NaN where unknown."""
+    return {k: metrics.get(PLAN_CONFIG_PREFIX + k, values.get(k, NAN)) for k in space.plan_names()}
+
+
+def _config_of(space: SearchSpace, values: dict, plan: dict) -> Optional[TrainConfig]:
+    if any(isinstance(v, float) and math.isnan(v) for v in plan.values()):
+        return None
+    try:
+        return space.config_for({**{k: values[k] for k in space.param_names()}, **plan})
+    except (ConfigError, KeyError):
+        return None
+
+
+def _trial_row(result, sc) -> dict[str, Any]:
+    space = sc.space
     values = dict(result.config[TRAIN_LOOP_CONFIG])
-    cfg = TrainConfig.from_dict({**exp.space.base_config().to_dict(), **values})
     m = dict(result.metrics or {})
     history = result.metrics_dataframe
     epochs_run = epochs_done(m)
     if result.error is not None:
         status = "error"
-    elif m.get("status") in ("oom", "diverged"):
+    elif m.get("status") in ("oom", "diverged", "no_plan"):
         status = m["status"]
-    elif epochs_run < exp.space.budget.epochs:
+    elif epochs_run < space.budget.epochs:
         status = "stopped"
     else:
         status = "ok"
+    plan = _chosen_plan(space, values, m)
+    cfg = _config_of(space, values, plan)
     # Tune's wall time of the trial's last attempt: a trial resumed without a Tune checkpoint starts
     # Tune's clock and progress.csv again (the Train-side loop_seconds covers every epoch).
     seconds = (float(history["time_this_iter_s"].sum()) if history is not None and "time_this_iter_s" in history
-               else m.get("time_total_s", float("nan")))
+               else m.get("time_total_s", NAN))
     return {
         "trial_id": m.get("trial_id", Path(result.path).name), "status": status,
-        "feasible": status in ("ok", "stopped"),
-        **{k: getattr(cfg, k) for k in row_config_keys(exp.space)}, "precision_run": _precision_run(history, m),
-        "effective_batch": cfg.effective_batch_size(), "epochs_run": epochs_run,
-        "val_acc": m.get("val_acc", float("nan")), "samples_per_s": m.get("samples_per_s", float("nan")),
-        "steps_per_s": m.get("steps_per_s", float("nan")),
+        "feasible": status in ("ok", "stopped"), "baseline": baseline_name(space, values),
+        **{k: values.get(k, NAN) for k in space.param_names()}, **plan,
+        "precision_run": _precision_run(history, m), "effective_batch": space.effective_batch_for(values),
+        "epochs_run": epochs_run, "seed": m.get("seed", space.base_config().seed),
+        "val_acc": m.get("val_acc", NAN), "val_samples": m.get("val_samples", NAN),
+        "samples_per_s": m.get("samples_per_s", NAN),
+        **{k: m.get(k, default) for k, default in PLAN_METRIC_DEFAULTS.items()},
+        "val_acc_curve": val_acc_curve(history),
         "cuda_max_reserved_mb": _column_max(history, "cuda_max_reserved_mb"),
         "cuda_max_allocated_mb": _column_max(history, "cuda_max_allocated_mb"),
-        **predicted_memory(cfg, exp.num_classes, exp.card),
+        **predicted_memory(cfg, sc.num_classes, sc.card),
         "rss_peak_mb": _column_max(history, "rss_peak_mb"),
         "device": m.get("device", ""), "node_id": m.get("node_id", ""), "hostname": m.get("hostname", ""),
-        "trial_seconds": seconds,
-        "loop_seconds": m.get("loop_seconds_total", float("nan")),
+        "trial_seconds": seconds, "loop_seconds": m.get("loop_seconds_total", NAN),
         "error": str(result.error).splitlines()[0][:200] if result.error else m.get("error", ""),
     }
 
 
-def _rejected_rows(exp: Experiment) -> list[dict[str, Any]]:
-    study = optuna.load_study(study_name=exp.study_name, storage=exp.storage_url())
-    base = exp.space.base_config().to_dict()
+def _never_launched_rows(sc) -> list[dict[str, Any]]:
+    """Configs told in `suggest` and never run: rejected by the VRAM check (its figure is of the smallest
+    micro-batch's plan, the least need) or without a plan whose micro-batch divides the effective batch."""
+    space = sc.space
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("status") != "rejected":
+    for t in _study(sc).get_trials(deepcopy=False):
+        status = t.user_attrs.get("status")
+        if status not in NEVER_LAUNCHED:
             continue
-        cfg = TrainConfig.from_dict({**base, **t.params})
-        rows.append({"trial_id": f"optuna-{t.number}", "status": "rejected", "feasible": False,
-                     **{k: getattr(cfg, k) for k in row_config_keys(exp.space)}, "precision_run": "",
-                     "effective_batch": cfg.effective_batch_size(), "epochs_run": 0,
-                     **predicted_memory(cfg, exp.num_classes, exp.card)})
+        index = t.user_attrs.get(BASELINE_ATTR)
+        values = dict(t.params)
+        if index is not None and space.plan_search.mode == "measure":
+            values.update(space.baseline_plans[index])
+        cfg = None
+        if status == "rejected":
+            candidates = space.plan_candidates(values)
+            cfg = min(candidates, key=lambda c: c.batch_size) if candidates else None
+        plan = space.plan_of(cfg) if cfg is not None else {k: values.get(k, NAN) for k in space.plan_names()}
+        rows.append({"trial_id": f"optuna-{t.number}", "status": status, "feasible": False,
+                     "baseline": space.baseline_names[index] if index is not None else "",
+                     **{k: values.get(k, NAN) for k in space.param_names()}, **plan, "precision_run": "",
+                     "effective_batch": space.effective_batch_for(values), "epochs_run": 0,
+                     **PLAN_METRIC_DEFAULTS, "val_acc_curve": "[]", **predicted_memory(cfg, sc.num_classes, sc.card),
+                     "error": t.user_attrs.get("error", "")})
     return rows

@@ -1,65 +1,87 @@
-"""One search from start to finish: Ray up, the Tune experiment, then the result files and summary."""
+"""One search from start to finish, in stages: Ray up; the main Tune experiment (its rows written to
+trials.parquet at once); the confirmation runs of the finalists (`--confirm K`); then the result files
+(best_config.yaml only once every run is in) and the summary. Ctrl-C in either Tune stage exits 130 with the
+command that finishes it; `--resume` skips what is done (a finished main search is read back from
+trials.parquet, finished confirmation runs are not run again).
+
+The console carries our stage lines ("search: ...", "confirm: ..."), Tune's progress table and the summary;
+workers' output stays in Ray's log files (ray_cluster.py), Optuna says only warnings.
+"""
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from pathlib import Path
+import json
 from typing import Optional
 
 import pandas as pd
 
-from asl_ray.data.cache import SequenceCache
-from asl_ray.search import report
-from asl_ray.search.ray_cluster import start_ray
-from asl_ray.search.space import SearchSpace
-from asl_ray.vram.cards import Card
+from asl_ray.search.config import SearchConfig
 
-MiB = 2 ** 20
 EXIT_INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C
 
 
-@dataclass(frozen=True)
-class SearchPlan:
-    space: SearchSpace
-    card: Card
-    root: Path
-    cache: SequenceCache
-    data: Path
-    trials: int
-    resume: bool
-    selection: report.Selection
-    emulate: bool
-    address: Optional[str]
-    num_cpus: Optional[int]
-    dashboard: bool
-    dashboard_host: str
-    dashboard_port: int
-    concurrency: int = 0
-    cpus_per_trial: float = 1.0
-    max_failures: int = 2
-
-
-def run_search(plan: SearchPlan) -> int:
-    from asl_ray.search.experiment import Experiment, close_study, result_rows, run, stopped_in_flight
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(f"target: {plan.card.describe()}")
-    print(f"space: {plan.space.path} ({plan.trials} trials, {plan.space.budget.epochs} epochs each, "
-          f"{plan.space.scheduler}, {plan.space.sampler}); results in {plan.root}")
-    start_ray(plan)
-    exp = Experiment(space=plan.space, card=plan.card, root=plan.root, cache_path=plan.cache.path,
-                     num_classes=plan.cache.num_classes, trials=plan.trials, emulate=plan.emulate,
-                     concurrency=plan.concurrency, cpus_per_trial=plan.cpus_per_trial,
-                     max_failures=plan.max_failures)
-    grid = run(exp, resume=plan.resume)
-    if was_interrupted(grid) or stopped_in_flight(grid, exp):
-        print(f"\nsearch interrupted: finished trials, checkpoints and the study are kept in {plan.root}.\n"
-              f"Finish it with: python -m asl_ray.search --name {plan.root.name} "
-              f"--storage-path {plan.root.parent} --resume")
-        return EXIT_INTERRUPTED
-    close_study(exp)
-    df = report.trials_frame(result_rows(grid, exp))
-    write_results(df, plan)
+def run_search(sc: SearchConfig) -> int:
+    import optuna
+    from asl_ray.search import results
+    from asl_ray.search.ray_cluster import start_ray
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one line per study and trial
+    space = sc.space
+    print(f"target: {sc.card.describe()}")
+    print(f"search: {space.path}: {sc.trials} trials of {space.budget.epochs} epochs ({space.scheduler}, "
+          f"{space.sampler}), plan search {sc.plan_search}; results in {sc.root}", flush=True)
+    log_dir = start_ray(sc)
+    df = _main_search(sc)
+    if df is None:
+        return _interrupted(sc, "search")
+    confirmations = _confirmation(sc, df)
+    if confirmations is False:
+        return _interrupted(sc, "confirmation")
+    results.write_results(df, confirmations, sc)
+    if log_dir is not None:
+        print(f"Ray's log files (workers' output): {log_dir}")
     return 0
+
+
+def _main_search(sc: SearchConfig) -> Optional[pd.DataFrame]:
+    """The trial rows (written to trials.parquet), or None when the search was interrupted."""
+    from asl_ray.search import experiment, report, results
+    done = sc.root / "trials.parquet"
+    if sc.resume and done.exists():  # written only once the main search ran to its end
+        print(f"search: finished earlier ({done})")
+        return pd.read_parquet(done)
+    grid = experiment.run(sc, resume=sc.resume)
+    if was_interrupted(grid) or experiment.stopped_in_flight(grid, sc):
+        return None
+    experiment.close_study(sc)
+    df = report.trials_frame(experiment.result_rows(grid, sc))
+    results.write_trials(df, sc)
+    counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
+    print(f"search: {len(df)} configs ({counts}); rows in {done}", flush=True)
+    return df
+
+
+def _confirmation(sc: SearchConfig, df: pd.DataFrame):
+    """The confirmation rows; None when there are none to run; False when interrupted."""
+    from asl_ray.search import confirm, select
+    if sc.confirm_seeds <= 0:
+        return None
+    path = sc.finalists_file()
+    if path.exists():  # a resume re-trains the finalists chosen before the interruption
+        finalist_ids = json.loads(path.read_text())
+    else:
+        finalist_ids = select.finalists(df, sc.selection, sc.finalists)
+        path.write_text(json.dumps(finalist_ids))
+    if not finalist_ids:
+        print("confirm: no trial finished: nothing to confirm")
+        return None
+    print(f"confirm: {len(finalist_ids)} finalists x {sc.confirm_seeds} fresh seeds "
+          f"({', '.join(finalist_ids)}): {len(finalist_ids) * sc.confirm_seeds} runs of "
+          f"{sc.space.budget.epochs} epochs; results in {sc.confirm_dir()}", flush=True)
+    confirmations = confirm.run_confirmation(sc, df, finalist_ids, resume=sc.resume)
+    if confirmations is None:
+        return False
+    ok = confirmations[confirmations["status"] == "ok"]
+    print(f"confirm: {len(ok)} of {len(confirmations)} runs finished", flush=True)
+    return confirmations
 
 
 def was_interrupted(grid) -> bool:
@@ -68,54 +90,10 @@ def was_interrupted(grid) -> bool:
     return unfinished or grid.num_terminated + grid.num_errors < len(grid)
 
 
-def write_results(df: pd.DataFrame, plan: SearchPlan) -> None:
-    root = plan.root
-    df.to_parquet(root / "trials.parquet", index=False)
-    df.to_csv(root / "trials.csv", index=False)
-    usable_mb = plan.card.usable_bytes / MiB
-    params = plan.space.param_names()  # the space's own keys, whatever they are
-    report.plot_pareto(df, root / "pareto.png", usable_mb, f"{plan.root.name} on {plan.card.name}", params)
-    best = report.select_best(df, plan.selection)
-    reference = _reference_row(df, plan.space)
-    configured = params + [k for k in ("precision",) if k not in params]
-    columns = ["trial_id", "status", *configured, "precision_run", "val_acc", "samples_per_s", *report.MEMORY_COLUMNS]
-    front = df[df["on_pareto_front"]].sort_values("samples_per_s", ascending=False)
-    lines = [f"# Search {root.name}: target {plan.card.describe()}", "",
-             f"Space `{plan.space.path}`; {len(df)} configs: " +
-             ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) + ".", "",
-             "## Pareto front (validation accuracy vs samples/s; finished, feasible trials)", "",
-             "```", report.table_text(front, columns), "```", "",
-             f"precision: configured; precision_run: what ran. {report.MEMORY_LEGEND}", ""]
-    if best is not None:
-        cfg = report.write_best_config(best, plan.space.base_config(), root / "best_config.yaml", str(plan.data),
-                                       params)
-        lines += [f"## Chosen: trial {best['trial_id']} ({plan.selection.describe()})", "",
-                  f"batch {cfg.batch_size} x accumulation {cfg.gradient_accumulation_steps} (effective "
-                  f"{cfg.effective_batch_size()}), dim {cfg.dim}, depth {cfg.depth}, max_len {cfg.max_len}, "
-                  f"precision {cfg.precision} (ran {best['precision_run'] or 'unknown'}), lr_per_64 "
-                  f"{cfg.lr_per_64:.3g}: val_acc {best['val_acc']:.4f}, {best['samples_per_s']:.1f} samples/s; "
-                  f"{report.memory_text(best)}.", "",
-                  report.comparison_text(best, reference), "",
-                  f"Train it: `python -m asl_ray.train --data {plan.data} --config {root / 'best_config.yaml'}`"]
-    else:
-        lines += ["No trial finished feasibly: no best config written."]
-    infeasible = df[~df["feasible"].astype(bool)]
-    lines += ["", "## Infeasible (never launched, or out of memory)", "", "```",
-              report.table_text(infeasible, ["trial_id", "status", *configured, "predicted_reserved_mb",
-                                             "predicted_total_mb", "predicted_fit_mb"]), "```",
-              "", "Files: trials.parquet, trials.csv, optuna.db (optuna-dashboard sqlite:///" +
-              f"{(root / 'optuna.db').resolve()}), pareto.png, best_config.yaml, tune/ (Tune), train/ (per-trial runs)."]
-    text = "\n".join(lines) + "\n"
-    (root / "report.md").write_text(text)
-    print("\n" + text)
-
-
-def _reference_row(df: pd.DataFrame, space: SearchSpace) -> Optional[pd.Series]:
-    """The finished trial of the space's first baseline (the seed's default config)."""
-    if not space.baselines:
-        return None
-    ok = df[report.finished(df)]
-    match = pd.Series(True, index=ok.index)
-    for k, v in space.baselines[0].items():
-        match &= ok[k] == v
-    return ok[match].iloc[0] if match.any() else None
+def _interrupted(sc: SearchConfig, stage: str) -> int:
+    kept = ("finished trials, checkpoints and the study" if stage == "search"
+            else "the search's results and the finished confirmation runs")
+    print(f"\n{stage} interrupted: {kept} are kept in {sc.root}; no best_config.yaml yet.\n"
+          f"Finish it with: python -m asl_ray.search --name {sc.root.name} --storage-path {sc.root.parent} "
+          f"--resume")
+    return EXIT_INTERRUPTED

@@ -66,7 +66,7 @@ class SearchSpace:
     path: Path
     """The space file."""
     gpu: str
-    """Card name, size in GiB, or 'auto' (asl_ray.vram.cards)."""
+    """Card name, size in GiB, or 'auto' (asl_ray.cards)."""
     headroom_mb: float
     """MiB of the card left unused by the VRAM-fit check."""
     sampler: str

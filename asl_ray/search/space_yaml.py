@@ -117,7 +117,7 @@ class Param:
 # ---- scalars ------------------------------------------------------------------------------------
 
 def check_card(gpu: Any, problems: list[str]) -> None:
-    from asl_ray.vram.cards import CardError, resolve_card
+    from asl_ray.cards import CardError, resolve_card
     if not isinstance(gpu, (str, int, float)) or isinstance(gpu, bool):
         problems.append(f"gpu: expected a card name or a size in GiB, got {gpu!r}")
         return

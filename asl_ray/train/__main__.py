@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from asl_ray.data.gislr import DataError
-    from asl_ray.vram.cards import DEFAULT_HEADROOM_MB, CardError, resolve_card
+    from asl_ray.cards import DEFAULT_HEADROOM_MB, CardError, resolve_card
     try:
         cfg = config_from_args(args)
         card = resolve_card(args.emulate_gpu, args.headroom_mb if args.headroom_mb is not None
@@ -62,7 +62,7 @@ def _run_local(cfg, cache, out: Path, resume: bool, emulate_usable_bytes):
     from asl_ray.train.runtime import Runtime
     runtime = Runtime.create(cfg)
     if emulate_usable_bytes and runtime.device.type == "cuda":
-        from asl_ray.vram.cards import emulate_card_memory
+        from asl_ray.cards import emulate_card_memory
         frac = emulate_card_memory(emulate_usable_bytes, runtime.device)
         print(f"emulating a card with {emulate_usable_bytes / 2**30:.2f} GiB usable (allocator capped at {frac:.3f})")
     elif emulate_usable_bytes:

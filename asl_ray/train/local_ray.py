@@ -49,12 +49,14 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def init_local_ray(dashboard_host: str, dashboard_port: int, num_cpus: Optional[int] = None):
+def init_local_ray(dashboard_host: str, dashboard_port: int, num_cpus: Optional[int] = None,
+                   log_to_driver: bool = True):
     """ray.init of a new local cluster (never one started by `ray start`), its dashboard on host:port;
-    returns Ray's context (its `dashboard_url`)."""
+    returns Ray's context (its `dashboard_url`, `address_info`). `log_to_driver=False` keeps the workers'
+    output in Ray's log files only."""
     import ray
     own = {STATE_TRACKING_VARIABLE: "1", API_SERVER_VARIABLE: api_server_url(dashboard_host, dashboard_port)}
     with environment(own):
         # The dashboard process always runs: Train's placement-group cleanup queries its state API.
         return ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
-                        dashboard_port=dashboard_port, configure_logging=False)
+                        dashboard_port=dashboard_port, configure_logging=False, log_to_driver=log_to_driver)

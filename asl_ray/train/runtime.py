@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from asl_ray.config import TrainConfig
-from asl_ray.data.ladder import length_ladder
+from asl_ray.ladder import length_ladder
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 

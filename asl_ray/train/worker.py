@@ -2,7 +2,8 @@
 
 The worker's config is plain data: {"train_config": TrainConfig as a dict, "cache_path": str,
 "emulate_usable_bytes": int | None}. Data is never read from parquet here: the cache built by the
-driver is memory-mapped.
+driver is memory-mapped. A search trial's worker (asl_ray/search/trial_worker.py) chooses its plan first,
+then trains through the same `fit_on_worker`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import ray
 import ray.train
@@ -26,6 +27,7 @@ from asl_ray.train.runtime import Runtime
 
 
 KILL_GRACE_SECONDS = 6.0
+EXTRA_METRICS = "extra_metrics"  # the checkpoint dict's key of RayReporter.extra_metrics
 
 
 class RayReporter:
@@ -35,8 +37,11 @@ class RayReporter:
     continues from its checkpoint while Tune's `training_iteration` starts again at 1, so the search
     counts epochs with this (ASHA's time attribute, ok/stopped, Optuna's COMPLETE/PRUNED)."""
 
-    def __init__(self, kill_at_epoch: int = 0):
+    def __init__(self, kill_at_epoch: int = 0, extra_metrics: Optional[dict[str, Any]] = None):
         self.kill_at_epoch = kill_at_epoch  # fault injection (tests): 0 never kills
+        # Added to every report and kept in the checkpoint under EXTRA_METRICS (a search trial's plan
+        # metrics and seed): a resumed run reports them again without searching again.
+        self.extra_metrics = dict(extra_metrics or {})
 
     def epoch_end(self, metrics: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         if self.kill_at_epoch and metrics["epoch"] == self.kill_at_epoch:
@@ -47,7 +52,8 @@ class RayReporter:
             os.kill(os.getpid(), signal.SIGKILL)
         # node_id: where the worker ran. The loop's "epoch" counts from 0. The checkpoint's history holds
         # every epoch of the run, those before a resume too (Tune's own files restart with the trial).
-        metrics = {**metrics, "epochs_done": metrics["epoch"] + 1,
+        checkpoint = {**checkpoint, EXTRA_METRICS: self.extra_metrics}
+        metrics = {**metrics, **self.extra_metrics, "epochs_done": metrics["epoch"] + 1,
                    "loop_seconds_total": sum(h.get("epoch_seconds", 0.0) for h in checkpoint.get("history", [])),
                    "node_id": ray.get_runtime_context().get_node_id()}
         if ray.train.get_context().get_world_rank() == 0:
@@ -64,19 +70,33 @@ class RayReporter:
             # Tune's scheduler and the searcher need every metric in every result: an infeasible
             # run scores zero on both objectives (the searcher also marks it with a constraint).
             # "epoch" is the one that failed, so it is also the number of epochs completed.
-            ray.train.report({"val_acc": 0.0, "samples_per_s": 0.0, **result, "epochs_done": result["epoch"],
+            ray.train.report({"val_acc": 0.0, "samples_per_s": 0.0, **result, **self.extra_metrics,
+                              "epochs_done": result["epoch"],
                               "node_id": ray.get_runtime_context().get_node_id()})
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(config["train_config"], source="train_loop_config")
     cache = SequenceCache(Path(config["cache_path"]))
+    device = worker_device(config["emulate_usable_bytes"])
+    resume_state = resume_state_of(ray.train.get_checkpoint())
+    fit_on_worker(cfg, cache, device, resume_state)
+
+
+def worker_device(emulate_usable_bytes: Optional[int]) -> torch.device:
+    """This worker's device, its allocator capped to the emulated card's size on CUDA."""
     device = ray.train.torch.get_device()
-    if device.type == "cuda" and config["emulate_usable_bytes"]:
-        from asl_ray.vram.cards import emulate_card_memory
-        emulate_card_memory(config["emulate_usable_bytes"], device)
-    resume_state = _resume_state(ray.train.get_checkpoint())
-    reporter = RayReporter(kill_at_epoch=cfg.inject_worker_kill_at_epoch if resume_state is None else 0)
+    if device.type == "cuda" and emulate_usable_bytes:
+        from asl_ray.cards import emulate_card_memory
+        emulate_card_memory(emulate_usable_bytes, device)
+    return device
+
+
+def fit_on_worker(cfg: TrainConfig, cache: SequenceCache, device: torch.device,
+                  resume_state: Optional[dict[str, Any]], extra_metrics: Optional[dict[str, Any]] = None) -> None:
+    """`fit` with a RayReporter, from `resume_state` when there is one."""
+    reporter = RayReporter(kill_at_epoch=cfg.inject_worker_kill_at_epoch if resume_state is None else 0,
+                           extra_metrics=extra_metrics)
     if resume_state is not None and resume_state["epoch"] + 1 >= cfg.epochs:
         # Restored after the last epoch's report was lost to Tune: say it again, train nothing.
         reporter.epoch_end(resume_state["history"][-1], resume_state)
@@ -84,7 +104,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     fit(cfg, cache, reporter, runtime=Runtime.create(cfg, device), resume_state=resume_state)
 
 
-def _resume_state(checkpoint: Optional[ray.train.Checkpoint]) -> Optional[dict[str, Any]]:
+def resume_state_of(checkpoint: Optional[ray.train.Checkpoint]) -> Optional[dict[str, Any]]:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
@@ -96,11 +116,12 @@ def worker_loop_config(cfg: TrainConfig, cache_path: Path, emulate_usable_bytes:
 
 
 def make_trainer(loop_config: dict[str, Any], name: str, storage_path: str, use_gpu: bool,
-                 cpus_per_worker: float = 1.0, max_failures: int = 0, callbacks: Optional[list] = None):
-    """A one-worker TorchTrainer around `train_fn_per_worker`."""
+                 cpus_per_worker: float = 1.0, max_failures: int = 0, callbacks: Optional[list] = None,
+                 train_fn: Optional[Callable[[dict[str, Any]], None]] = None):
+    """A one-worker TorchTrainer around `train_fn` (this module's `train_fn_per_worker` unless given)."""
     from ray.train.torch import TorchTrainer
     return TorchTrainer(
-        train_fn_per_worker,
+        train_fn or train_fn_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),

@@ -1,19 +1,21 @@
-"""python -m asl_ray.vram --gpu CARD (--config YAML [--set k=v] | --space SPACE.yaml)
+"""python -m asl_ray.vram --gpu CARD [--config YAML] [--set k=v]
 
-One config: its predicted peak, whether it fits the card, and the breakdown. A search space: for every
-(dim, depth, max_len, precision) in it, the largest micro-batch that fits, and which batch sizes of the
-space fit. No GPU and no CUDA build of torch needed.
+One config: its predicted peak, whether it fits the card, and the breakdown. No GPU and no CUDA build of
+torch needed. What of a search space fits is `python -m asl_ray.search.fit_table --space FILE --gpu CARD`:
+vram never imports search (search builds on vram).
 """
 from __future__ import annotations
 
-import itertools
 import sys
 from typing import Optional, Sequence
 
 from asl_ray.cli import OneLineParser, add_config_arguments, config_from_args, fail
 from asl_ray.config import ConfigError, TrainConfig
-from asl_ray.vram.cards import DEFAULT_HEADROOM_MB, MiB, CardError, resolve_card
+from asl_ray.cards import DEFAULT_HEADROOM_MB, MiB, CardError, resolve_card
 from asl_ray.vram.constants import FIT_MARGIN_FRACTION
+
+FIT_TABLE_COMMAND = "python -m asl_ray.search.fit_table"
+"""Where a search space's fit table lives: it reads a space file, and vram must not import search."""
 
 
 def build_parser() -> OneLineParser:
@@ -22,7 +24,7 @@ def build_parser() -> OneLineParser:
                    help="rtx4070, a100-80gb, ..., a size in GiB, or auto (what is free on the device this process uses)")
     p.add_argument("--headroom-mb", type=float, default=None, help=f"kept free for others (default {DEFAULT_HEADROOM_MB})")
     add_config_arguments(p)
-    p.add_argument("--space", help="a search-space YAML: table of what fits over its grid")
+    p.add_argument("--space", help=f"moved: {FIT_TABLE_COMMAND} --space FILE --gpu CARD")
     p.add_argument("--num-classes", type=int, default=250, help="classifier size (250 for the real data)")
     return p
 
@@ -31,21 +33,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_classes < 1:
         fail(f"--num-classes: must be >= 1, got {args.num_classes}")
+    if args.space:
+        fail(f"--space: the fit table of a search space moved to `{FIT_TABLE_COMMAND} --space {args.space} "
+             f"--gpu {args.gpu}`")
     try:
         headroom = args.headroom_mb if args.headroom_mb is not None else DEFAULT_HEADROOM_MB
         card = resolve_card(args.gpu, headroom)
-        if args.space:
-            if args.config or args.overrides:
-                fail("--space: give either --space or --config/--set, not both")
-            # An entry point may reach up a floor: the space parser itself imports no Ray.
-            from asl_ray.search.space import SpaceError, load_space
-            try:
-                space = load_space(args.space)
-            except SpaceError as e:
-                fail(str(e))
-            print(card.describe())
-            print(space_table(space, card, args.num_classes))
-            return 0
         cfg = config_from_args(args)
     except (ConfigError, CardError) as e:
         fail(str(e))
@@ -70,34 +63,6 @@ def one_config_report(cfg: TrainConfig, card, num_classes: int) -> str:
         f"({'+' if margin >= 0 else ''}{margin:.0f} MiB); unconstrained peak {est.total_mib:.0f} MiB "
         f"[{est.method}, {est.seconds:.2f}s]",
     ])
-
-
-def space_table(space, card, num_classes: int) -> str:
-    from asl_ray.vram.fit import largest_batch_that_fits
-    params = {p.name: p for p in space.params}
-    base = space.base_config()
-
-    def values(name: str) -> list:
-        return params[name].grid_values() if name in params else [getattr(base, name)]
-
-    batch = params.get("batch_size")
-    low, high = (int(min(batch.grid_values())), int(max(batch.grid_values()))) if batch else (base.batch_size,) * 2
-    batch_choices = batch.grid_values() if batch else [base.batch_size]
-    rows = [f"{'dim':>5} {'depth':>5} {'max_len':>7} {'dtype':>5} {'largest batch':>13}  batch sizes of the space that fit"]
-    fitting = total = 0
-    for dim, depth, max_len, precision in itertools.product(values("dim"), values("depth"), values("max_len"),
-                                                            values("precision")):
-        cfg = base.with_overrides({"dim": dim, "depth": depth, "max_len": max_len, "precision": precision,
-                                   "batch_size": low, "min_lr": 0.0})
-        largest = largest_batch_that_fits(cfg, card, low=low, high=high, num_classes=num_classes)
-        ok = [b for b in batch_choices if b <= largest]
-        fitting += len(ok)
-        total += len(batch_choices)
-        rows.append(f"{dim:>5} {depth:>5} {max_len:>7} {precision:>5} {largest if largest else 'none':>13}  "
-                    f"{', '.join(map(str, ok)) or '-'}")
-    rows.append(f"{fitting} of {total} (dim, depth, max_len, dtype, batch) combinations fit; gradient accumulation "
-                f"does not change memory; largest batch searched in [{low}, {high}]")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":

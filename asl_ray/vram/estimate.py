@@ -261,7 +261,7 @@ def _with_compile_kernels(eager: VramEstimate, cfg: TrainConfig, seconds: float)
     extra = constants.TORCH_COMPILE_EXTRA_BYTES
     how = "compile: eager activations (upper bound) + Triton kernels constant"
     if cfg.compile_mode == "reduce-overhead":
-        from asl_ray.data.ladder import length_ladder
+        from asl_ray.ladder import length_ladder
         shapes = 1 if cfg.pad_to == "max_len" else len(length_ladder(cfg.max_len))
         extra += shapes * breakdown.get("batch", 0)
         how += f" + CUDA graphs' static inputs for {shapes} shapes (bound)"
@@ -335,7 +335,7 @@ def _real_sequence(cfg: TrainConfig, num_classes: int, workspace: int, top: Trac
     lengths = drawn_lengths(cfg)
     steps: dict[int, Trace] = {cfg.max_len: top}
     if any(length != cfg.max_len for length in lengths):
-        from asl_ray.data.ladder import length_ladder
+        from asl_ray.ladder import length_ladder
         low_length = length_ladder(cfg.max_len)[0]  # fixed per shape: its batch-size template is reused
         low, _ = _trace_for(cfg, num_classes, workspace, length=low_length)
         template = _BatchTemplate.fit((cfg.max_len, top), (low_length, low), exact=False)

@@ -5,7 +5,7 @@ import dataclasses
 from typing import Optional
 
 from asl_ray.config import TrainConfig
-from asl_ray.vram.cards import Card
+from asl_ray.cards import Card
 from asl_ray.vram.estimate import estimate_peak_vram, runs_within
 
 

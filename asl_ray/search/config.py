@@ -1,0 +1,318 @@
+"""SearchConfig: the single source of truth for one search (the space file + the flags). No Ray here.
+
+`python -m asl_ray.search`'s flags are SearchConfig's flag fields (`asl_ray.cli.add_dataclass_flags`): the field
+name is the flag (`headroom_mb` -> `--headroom-mb`, unless its metadata names another), its docstring the help,
+its annotation the type. Fields without a default take the space file's value when their flag is not given
+(`trials`, `gpu`, `headroom_mb`, `plan_search`, `confirm_seeds`, `finalists`) or are worked out (`name`,
+`dashboard_port`); the resolved fields (the loaded space, the card, the data's cache) are no flags.
+`resolve(given)` builds one from the flags given, every check done before Ray starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from asl_ray.cli import DEFAULT_DATA
+from asl_ray.config import ConfigError
+from asl_ray.search.dashboard import DEFAULT_DASHBOARD_PORT, choose_dashboard_port
+from asl_ray.search.select import SELECT_RULES, Selection
+from asl_ray.search.space import SearchSpace
+from asl_ray.search.space_yaml import PLAN_SEARCH_MODES
+from asl_ray.cards import Card
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_SPACE = REPO / "search_spaces" / "cpu-smoke.yaml"
+TUNE_DIR, TRAIN_DIR, PLANS_DIR, CONFIRM_DIR = "tune", "train", "plans", "confirm"
+STUDY_FILE, ARGS_FILE, FINALISTS_FILE = "optuna.db", "search_args.json", "finalists.json"
+
+NOT_A_FLAG = {"flag": None}
+"""Field metadata of a resolved value (the loaded space, the card, ...): no flag of its own."""
+PER_RUN_FLAGS = ("resume", "dashboard", "dashboard_host", "dashboard_port", "address", "num_cpus")
+"""Where this run happens, not what the experiment is: --resume takes them from its own command line; every
+other flag is the experiment's own, saved in search_args.json and read back."""
+
+
+class SearchConfigError(ConfigError):
+    """Bad search flags; the message names every offending flag."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    # ---- what to search ----------------------------------------------------------------------
+    space_file: Path = field(default=DEFAULT_SPACE, metadata={"flag": "--space"})
+    """search-space YAML (search_spaces/*.yaml): learning params, plans, budget, baselines"""
+    data: Path = DEFAULT_DATA
+    """GISLR data root (synthesised there if it is the default and missing)"""
+    cache_dir: Optional[Path] = None
+    """where the preprocessed data cache lives (default: next to the data)"""
+    gpu: str
+    """target card: rtx4070, a size in GiB, or auto (default: the space's gpu)"""
+    headroom_mb: float
+    """memory left for the desktop and other processes (default: the space's headroom_mb)"""
+    trials: int
+    """trials to launch (default: the space's budget.trials; a grid at most its points)"""
+    plan_search: str = field(metadata={"choices": PLAN_SEARCH_MODES})
+    """how a learning config's execution plan is chosen: measure (a few optimizer steps of each plan in the trial's
+    worker, the fastest trains) or optuna (one level: Optuna samples micro-batch x accumulation too) (default: the
+    space's plan_search.mode)"""
+    emulate: bool = True
+    """cap each GPU trial's memory to the target card"""
+
+    # ---- how the best config is chosen --------------------------------------------------------
+    select: str = field(default="noise-aware", metadata={"choices": SELECT_RULES})
+    """how the best config is chosen (asl_ray/search/select.py): noise-aware is the fastest config not credibly
+    below the most accurate one"""
+    z: float = 1.645
+    """noise-aware: one-sided z of 'credibly below the best' (1.645: 95%)"""
+    margin: float = 0.01
+    """fastest-within-margin: accuracy a config may give up against the most accurate"""
+    confirm_seeds: int = field(metadata={"flag": "--confirm"})
+    """fresh seeds each finalist is re-trained with before best_config.yaml is written; 0 = off (default: the
+    space's confirm.seeds)"""
+    finalists: int
+    """finalists re-trained by --confirm (default: the space's confirm.finalists)"""
+
+    # ---- where results go ---------------------------------------------------------------------
+    name: str
+    """experiment name: results in <storage-path>/<name>/ (default: <space>-<date-time>)"""
+    storage_path: Path = Path("runs")
+    """where experiments live"""
+    resume: bool = False
+    """finish an interrupted experiment of this --name (its other flags are the saved ones)"""
+
+    # ---- where it runs ------------------------------------------------------------------------
+    address: Optional[str] = None
+    """an existing Ray cluster ('auto' or host:port, see cluster.yaml); default: a local Ray of its own"""
+    num_cpus: Optional[int] = None
+    """CPUs for a local Ray (default: all)"""
+    concurrency: int = 0
+    """trials at once; 0: one per GPU in the cluster, 1 without GPUs"""
+    cpus_per_trial: float = 1.0
+    """CPUs reserved for each trial's Train worker"""
+    max_failures: int = 2
+    """worker crashes a trial survives, restarting from its last checkpoint"""
+
+    # ---- dashboard ----------------------------------------------------------------------------
+    dashboard: bool = False
+    """print the Ray dashboard's URL and how to log in"""
+    dashboard_host: str = "127.0.0.1"
+    """dashboard bind address (default: loopback only)"""
+    dashboard_port: int
+    """local dashboard port (default 8265, or a free one if that is taken)"""
+
+    # ---- resolved (no flags) ------------------------------------------------------------------
+    space: SearchSpace = field(metadata=NOT_A_FLAG)
+    """The loaded space file, its plan_search mode set to `plan_search`."""
+    card: Card = field(metadata=NOT_A_FLAG)
+    """The target card (`gpu` with `headroom_mb`)."""
+    cache_path: Path = field(metadata=NOT_A_FLAG)
+    """The data's SequenceCache directory."""
+    num_classes: int = field(metadata=NOT_A_FLAG)
+    """Signs in the data (the classifier's width)."""
+
+    def __post_init__(self) -> None:
+        problems = type_problems(self) or flag_problems({f.name: getattr(self, f.name) for f in flag_fields()})
+        if not problems and self.space.plan_search.mode != self.plan_search:
+            problems.append(f"{flag_name('plan_search')}: the space's plan_search.mode is "
+                            f"{self.space.plan_search.mode!r}, not {self.plan_search!r} (with_plan_search_mode)")
+        if problems:
+            raise SearchConfigError("; ".join(problems))
+
+    # ---- derived values ----------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """runs/<name>: everything this experiment writes."""
+        return self.storage_path / self.name
+
+    @property
+    def selection(self) -> Selection:
+        return Selection(self.select, self.z, self.margin)
+
+    def study_name(self) -> str:
+        return self.name
+
+    def storage_url(self) -> str:
+        return f"sqlite:///{(self.root / STUDY_FILE).resolve()}"
+
+    def tune_dir(self) -> Path:
+        """The main Tune experiment."""
+        return self.root / TUNE_DIR
+
+    def train_dir(self) -> Path:
+        """Each search trial's TorchTrainer run (trial-<id>)."""
+        return self.root / TRAIN_DIR
+
+    def plan_cache_dir(self) -> Path:
+        """Plan measurements per (plan, device): a repeat is free."""
+        return self.root / PLANS_DIR
+
+    def confirm_dir(self) -> Path:
+        """The confirmation stage: its Tune experiment (tune/) and TorchTrainer runs (train/)."""
+        return self.root / CONFIRM_DIR
+
+    def finalists_file(self) -> Path:
+        """The finalists' trial ids, saved before their confirmation runs (a resume re-uses them)."""
+        return self.root / FINALISTS_FILE
+
+    def args_file(self) -> Path:
+        return self.root / ARGS_FILE
+
+    def saved_flags(self) -> dict[str, Any]:
+        """The experiment's own flags (PER_RUN_FLAGS left out), JSON-able, paths absolute: what --resume reads."""
+        out = {}
+        for f in flag_fields():
+            if f.name in PER_RUN_FLAGS:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = str(Path(value).resolve()) if isinstance(value, Path) else value
+        return out
+
+
+# ---- flags ---------------------------------------------------------------------------------------
+def flag_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(SearchConfig) if f.metadata.get("flag", "") is not None]
+
+
+def flag_name(name: str) -> str:
+    """The flag of a SearchConfig field: `headroom_mb` -> `--headroom-mb`, or the one its metadata names."""
+    f = next(f for f in dataclasses.fields(SearchConfig) if f.name == name)
+    return f.metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def flag_problems(values: Mapping[str, Any]) -> list[str]:
+    """Every bad value among `values` (flag field -> value; absent ones are not checked), each naming its flag."""
+    p: list[str] = []
+
+    def check(name: str, ok, rule: str) -> None:
+        if name in values and values[name] is not None and not ok(values[name]):
+            p.append(f"{flag_name(name)}: {rule}, got {values[name]!r}")
+
+    check("trials", lambda v: v > 0, "must be > 0")
+    check("headroom_mb", lambda v: _finite(v) and v >= 0, "must be a finite number >= 0")
+    check("confirm_seeds", lambda v: v >= 0, "must be >= 0 (0: no confirmation runs)")
+    check("finalists", lambda v: v >= 1, "must be >= 1")
+    check("num_cpus", lambda v: v > 0, "must be > 0")
+    check("concurrency", lambda v: v >= 0, "must be >= 0 (0: one trial per GPU)")
+    check("cpus_per_trial", lambda v: _finite(v) and v > 0, "must be a finite number > 0")
+    check("max_failures", lambda v: v >= 0, "must be >= 0")
+    check("dashboard_port", lambda v: 1 <= v <= 65535, "must be a port number in 1..65535")
+    check("gpu", lambda v: bool(v.strip()), "must name a card")
+    check("name", lambda v: bool(v) and "/" not in v and v not in (".", ".."), "must be a folder name")
+    check("plan_search", lambda v: v in PLAN_SEARCH_MODES, f"must be one of {', '.join(PLAN_SEARCH_MODES)}")
+    if {"select", "z", "margin"} <= set(values):
+        try:  # the selection rule checks its own settings (asl_ray/search/select.py), naming the flags
+            Selection(values["select"], values["z"], values["margin"])
+        except ConfigError as e:
+            p.append(str(e))
+    return p
+
+
+def type_problems(sc: SearchConfig) -> list[str]:
+    """Fields whose value is not of their annotated type (a hand-made or edited saved config)."""
+    hints = typing.get_type_hints(SearchConfig)
+    p = []
+    for f in dataclasses.fields(SearchConfig):
+        expected, value = hints[f.name], getattr(sc, f.name)
+        allowed = typing.get_args(expected) if typing.get_origin(expected) is typing.Union else (expected,)
+        if value is None and type(None) in allowed:
+            continue
+        kinds = tuple(a for a in allowed if a is not type(None))
+        ok = (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+              or float in kinds and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            label = flag_name(f.name) if f.metadata.get("flag", "") is not None else f.name
+            p.append(f"{label}: expected {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__} "
+                     f"{value!r}")
+    return p
+
+
+def raise_if(problems: list[str]) -> None:
+    if problems:
+        raise SearchConfigError("; ".join(problems))
+
+
+# ---- resolution ------------------------------------------------------------------------------------
+def resolve(given: Mapping[str, Any], log=print) -> SearchConfig:
+    """A SearchConfig from the flags given (flag field -> value; absent: the default, else the space's).
+    Order: the flags, the space and card, the experiment folder, the dashboard port, then the data (which may
+    be written and preprocessed). Raises one SearchConfigError per stage naming every bad flag/file/key; a port
+    in use or bad data exits 2 with one line (asl_ray.cli.fail), as every entry point does."""
+    from asl_ray.search.space import SpaceError, load_space
+    from asl_ray.cards import CardError, resolve_card
+    unknown = sorted(set(given) - {f.name for f in flag_fields()})
+    raise_if([f"unknown flag(s): {', '.join(unknown)}"] if unknown else [])
+    defaults = {f.name: f.default for f in flag_fields() if f.default is not dataclasses.MISSING}
+    values = {**defaults, **{k: v for k, v in given.items() if v is not None or k in defaults}}
+    raise_if(flag_problems(values))
+
+    problems: list[str] = []
+    space = card = None
+    try:
+        space = load_space(values["space_file"])
+    except SpaceError as e:
+        problems.append(str(e))
+    if space is not None:
+        values.setdefault("gpu", str(space.gpu))
+        values.setdefault("headroom_mb", float(space.headroom_mb))
+        values.setdefault("plan_search", space.plan_search.mode)
+        values.setdefault("confirm_seeds", space.confirm.seeds)
+        values.setdefault("finalists", space.confirm.finalists)
+        problems += flag_problems(values)
+        try:
+            card = resolve_card(values["gpu"], values["headroom_mb"])
+        except CardError as e:
+            problems.append(str(e))
+    raise_if(problems)
+    try:
+        space = space.with_plan_search_mode(values["plan_search"])
+    except SpaceError as e:
+        raise SearchConfigError(f"{flag_name('plan_search')} {values['plan_search']}: {e}") from None
+    values["trials"] = space.trials_to_run(values.get("trials") or space.budget.trials)
+
+    # A new experiment gets a fresh name unless one is given, so rerunning the default never collides.
+    values.setdefault("name", f"{Path(values['space_file']).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    values["storage_path"], values["space_file"] = Path(values["storage_path"]), Path(values["space_file"])
+    _check_experiment_folder(Path(values["storage_path"]) / values["name"], values["name"], values["resume"],
+                             values["storage_path"])
+    if "dashboard_port" not in values:  # an --address cluster has its own dashboard: nothing to probe here
+        values["dashboard_port"] = (DEFAULT_DASHBOARD_PORT if values["address"]
+                                    else choose_dashboard_port(values["dashboard_host"], None, log))
+    elif not values["address"]:
+        choose_dashboard_port(values["dashboard_host"], values["dashboard_port"], log)  # refused if taken
+
+    data, cache = _open_data(values["data"], values["cache_dir"])
+    values["data"] = Path(data)
+    values["cache_dir"] = Path(values["cache_dir"]) if values["cache_dir"] is not None else None
+    return SearchConfig(**values, space=space, card=card, cache_path=Path(cache.path), num_classes=cache.num_classes)
+
+
+def _check_experiment_folder(root: Path, name: str, resume: bool, storage_path: Path) -> None:
+    if resume and not (root / TUNE_DIR).exists():
+        raise SearchConfigError(f"--resume: no experiment named {name!r} under {storage_path}/ "
+                                f"(expected {root / TUNE_DIR})")
+    if not resume and (root / TUNE_DIR).exists():
+        raise SearchConfigError(f"--name {name!r}: {root} already holds an experiment; use --resume to finish "
+                                f"it or another --name")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SearchConfigError(f"--storage-path: cannot write to {root}: {e.strerror or e}") from None
+
+
+def _open_data(data: Path, cache_dir: Optional[Path]):
+    """(data root, its SequenceCache); the default root is synthesised if missing."""
+    from asl_ray.cli import open_data_or_fail
+    return open_data_or_fail(None if Path(data) == DEFAULT_DATA else str(data),
+                             str(cache_dir) if cache_dir is not None else None)
