@@ -114,6 +114,10 @@ class TrainConfig:
     shape: best with pad_to 'ladder'). CUDA only: a CPU runs 'default', and the result records the mode run."""
     cudnn_benchmark: bool = True
     """torch.backends.cudnn.benchmark."""
+    cudnn_workspace_cap_mb: int = 64
+    """Cap on what one cuDNN convolution may allocate as workspace, in MiB: both benchmark's algorithm trials
+    and the chosen algorithm (PyTorch's documented CUDNN_CONV_WSCAP_DBG, set for the process before its first
+    CUDA convolution). Bounds the fp16 depthwise conv's workspace so the VRAM estimate can count it. CUDA only."""
     num_workers: int = 4
     """DataLoader worker processes."""
     pin_memory: bool = True
@@ -207,7 +211,7 @@ class TrainConfig:
         for name in ("late_dropout_start_epoch", "fold", "min_lr", "warmup_epochs", "weight_decay_ratio",
                      "gradient_clip_val", "num_workers", "empty_cache_every", "throughput_warmup_steps",
                      "max_steps_per_epoch", "inject_oom_at_step", "inject_nan_at_step", "inject_worker_kill_at_epoch",
-                     "inject_worker_kill_in_plan_search", "seed"):
+                     "inject_worker_kill_in_plan_search", "seed", "cudnn_workspace_cap_mb"):
             non_negative(name)
         for name in ("drop_path", "attn_dropout", "late_dropout", "label_smoothing"):
             fraction(name)

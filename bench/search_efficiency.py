@@ -26,7 +26,8 @@ quality over its search seeds: the mean of its picks' means, SE = max(their sd /
 Goal: the two-level pick is not credibly below the grid's (grid mean - two-level mean <= z sqrt(SE^2 + SE^2),
 z = the noise-aware rule's 1.645) for at most a quarter of the grid's trial-seconds, and it costs fewer
 trial-seconds than the one-level search for a pick not credibly below the one-level one. Prints a table and
-writes bench/results/search_efficiency-<device>.json. `--reuse` reuses finished arms and re-trainings;
+writes bench/results/search_efficiency-<device>.json. Scoring (cost, pick, quality, verdicts) lives in
+bench/search_efficiency_scoring.py; this file runs the arms and the re-trainings. `--reuse` reuses finished arms and re-trainings;
 `--dry-run` writes the arms' space files and prints every command without running any.
 """
 from __future__ import annotations
@@ -35,7 +36,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
 import shutil
@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 import yaml
@@ -57,10 +57,11 @@ from asl_ray.cli import DEFAULT_DATA  # noqa: E402
 from asl_ray.config import ConfigError, load_config_yaml  # noqa: E402
 from asl_ray.search.space import SearchSpace, load_space  # noqa: E402
 
-GOAL_COST = 0.25
-"""The two-level search may spend at most this fraction of the grid's trial-seconds."""
-NOT_LAUNCHED = ("rejected", "no_plan")
-"""Trial statuses that never became a Tune trial: they cost the estimator's second, not a trial."""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_efficiency_scoring import (  # noqa: E402,F401 (the sibling module; names re-exported for tests)
+    GOAL_COST, NOT_LAUNCHED, Quality, _plain, _short, credibly_below, matches_pick, pick_of, pooled, quality,
+    trial_seconds, verdicts)
+
 WALL_FILE = "arm_wall.json"
 
 
@@ -233,103 +234,6 @@ def retrain(arm: Arm, storage: Path, data: Path, seeds: Sequence[int], reuse: bo
     return runs
 
 
-# ---- scoring --------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Quality:
-    mean: float
-    sd: float
-    se: float
-    runs: int
-
-    def text(self) -> str:
-        return f"{self.mean:.3f} +- {self.sd:.3f} (SE {self.se:.3f}, n {self.runs})" if self.runs else "-"
-
-
-def quality(runs: Sequence[dict]) -> Quality:
-    """Mean +- sd of the re-trainings; SE = max(sd, one run's binomial SE) / sqrt(runs): with 3 runs the sd
-    alone can be near zero by luck."""
-    accs = [r["val_acc"] for r in runs]
-    if not accs:
-        return Quality(math.nan, math.nan, math.nan, 0)
-    mean = statistics.fmean(accs)
-    sd = statistics.stdev(accs) if len(accs) > 1 else math.nan
-    sizes = [r["val_samples"] for r in runs if r.get("val_samples")]
-    binomial = math.sqrt(mean * (1 - mean) / statistics.fmean(sizes)) if sizes else math.nan
-    spread = max((s for s in (sd, binomial) if not math.isnan(s)), default=math.nan)
-    return Quality(mean, sd, spread / math.sqrt(len(accs)), len(accs))
-
-
-def pooled(qualities: Sequence[Quality]) -> Quality:
-    """An arm over its search seeds: the mean of its picks' means; SE = max(sd of the means / sqrt(K),
-    sqrt(sum of their SE^2) / K), the spread between searches floored by each pick's own noise."""
-    qs = [q for q in qualities if q.runs]
-    if not qs:
-        return Quality(math.nan, math.nan, math.nan, 0)
-    means = [q.mean for q in qs]
-    sd = statistics.stdev(means) if len(means) > 1 else math.nan
-    own = math.sqrt(sum(q.se ** 2 for q in qs)) / len(qs)
-    between = sd / math.sqrt(len(qs)) if len(qs) > 1 else math.nan
-    return Quality(statistics.fmean(means), sd, max((s for s in (between, own) if not math.isnan(s)),
-                                                    default=math.nan), sum(q.runs for q in qs))
-
-
-def credibly_below(x: Quality, best: Quality, z: float) -> bool:
-    """The noise-aware rule's test, on re-trained accuracies: best.mean - x.mean > z sqrt(best.se^2 + x.se^2)."""
-    if not (x.runs and best.runs):
-        return True  # nothing re-trained: no pick to speak for
-    return best.mean - x.mean > z * math.sqrt(best.se ** 2 + x.se ** 2)
-
-
-def trial_seconds(run: ArmRun) -> float:
-    """What the arm's trials cost: every launched trial's time_total_s, plus its confirmation runs."""
-    launched = run.trials[~run.trials["status"].isin(NOT_LAUNCHED)]
-    total = float(launched["trial_seconds"].fillna(0).sum())
-    if run.confirmations is not None and len(run.confirmations):
-        total += float(run.confirmations["trial_seconds"].fillna(0).sum())
-    return total
-
-
-def matches_pick(config: Path, pick: Optional[dict], names: Sequence[str]) -> bool:
-    """Does the arm's best_config.yaml (what is re-trained) hold the noise-aware pick's learning and plan values?"""
-    if pick is None or not config.exists():
-        return pick is None and not config.exists()
-    cfg = load_config_yaml(config)
-    value = {n: cfg.effective_batch_size() if n == "effective_batch_size" else getattr(cfg, n, None) for n in names}
-    return all(value[n] == pick[n] for n in names if n in pick)
-
-
-def pick_of(run: ArmRun, names: Sequence[str]) -> Optional[dict]:
-    from asl_ray.search.select import Selection, select_best  # the results stage's own rule
-    best = select_best(run.trials, Selection(), run.confirmations)
-    if best is None:
-        return None
-    return {**{n: _plain(best[n]) for n in names if n in best}, "trial_id": str(best["trial_id"]),
-            "acc_mean": float(best["acc_mean"]), "acc_se": float(best["acc_se"]),
-            "samples_per_s": float(best["samples_per_s"])}
-
-
-def verdicts(grid: Quality, grid_cost: float, two: Quality, two_cost: float, one: Quality, one_cost: float,
-             z: float) -> dict:
-    as_good_as_grid = not credibly_below(two, grid, z)
-    cheap_vs_grid = two_cost <= GOAL_COST * grid_cost
-    vs_one = two_cost < one_cost and not credibly_below(two, one, z)
-    fraction = two_cost / grid_cost if grid_cost else math.nan
-    return {"two_level_not_credibly_below_grid": as_good_as_grid, "two_level_cost_fraction": fraction,
-            "two_level_within_cost": cheap_vs_grid, "two_level_cheaper_than_one_level_for_as_good": vs_one,
-            "goal_met": bool(as_good_as_grid and cheap_vs_grid and vs_one)}
-
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
-
-
-def _short(pick: Optional[dict], names: Sequence[str]) -> str:
-    if not pick:
-        return "-"
-    return " ".join(f"{n}={pick[n]}" for n in names if n in pick)
-
-
 # ---- main -----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-seeds", type=int, nargs="+", default=[7001, 7002, 7003],
                    help="fresh seeds every pick is re-trained with (no trial or confirmation uses them)")
     p.add_argument("--confirm", type=int, default=0, help="passed to every arm's search (0: no confirmation)")
-    p.add_argument("--data", default=str(REPO / DEFAULT_DATA))
+    p.add_argument("--data", default=None, help=f"data root (default: the synthetic set, {DEFAULT_DATA}, made if missing)")
     p.add_argument("--storage-path", default=str(REPO / "runs" / "search-efficiency"))
     p.add_argument("--reuse", action="store_true", help="reuse arms and re-trainings already finished")
     p.add_argument("--dry-run", action="store_true", help="write the arms' space files, print the commands, stop")
@@ -352,7 +256,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.confirm < 0 or args.search_trials < 0:
         build_parser().error("--confirm and --search-trials must be >= 0")
-    space_path, storage, data = Path(args.space).resolve(), Path(args.storage_path).resolve(), Path(args.data)
+    space_path, storage = Path(args.space).resolve(), Path(args.storage_path).resolve()
+    data = Path(args.data) if args.data else REPO / DEFAULT_DATA
+    if not args.dry_run and args.data is None:
+        from asl_ray.cli import open_data_or_fail
+        os.chdir(REPO)  # the default set lives at REPO/data/synth, as for every entry point
+        open_data_or_fail(None)
     space = load_space(space_path)
     storage.mkdir(parents=True, exist_ok=True)
     arms = plan_arms(space_path, storage, args.seeds, args.search_trials)

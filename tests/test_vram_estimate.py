@@ -101,7 +101,8 @@ def test_mixed_precision_shrinks_the_estimate():
     fp32, fp16, bf16 = (estimate(dataclasses.replace(cfg, precision=p)) for p in ("fp32", "fp16", "bf16"))
     for mixed in (fp16, bf16):
         assert mixed.breakdown["activations"] < fp32.breakdown["activations"]
-        assert mixed.total_bytes < fp32.total_bytes
+        # fp16 alone adds cuDNN's conv-workspace bound (its own line, tests/test_cudnn_workspace.py).
+        assert mixed.total_bytes - mixed.breakdown["cudnn_workspace"] < fp32.total_bytes
         assert mixed.breakdown["autocast_weight_copies"] > 0
     assert fp32.breakdown["autocast_weight_copies"] == 0
 

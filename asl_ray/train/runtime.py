@@ -16,6 +16,7 @@ from torch import nn
 
 from asl_ray.config import TrainConfig
 from asl_ray.ladder import length_ladder
+from asl_ray.train.cudnn_workspace import cap_cudnn_workspace
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -37,6 +38,7 @@ class Runtime:
         on_cuda = device.type == "cuda"
         if on_cuda:
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+            cap_cudnn_workspace(cfg.cudnn_workspace_cap_mb)
             torch.cuda.set_device(device)
         return cls(device=device, precision=cfg.precision if on_cuda else "fp32",
                    pin_memory=cfg.pin_memory and on_cuda)

@@ -46,13 +46,21 @@ CUBLAS_WORKSPACE_BYTES = CUBLAS_HANDLES_PER_STEP * (
 # cuDNN and the depthwise conv (model.py: F.conv1d with groups=channels). ATen's ConvUtils
 # `use_cudnn_depthwise` sends an fp16 depthwise conv with >= 32 channels to cuDNN (conv1d runs as a
 # (1, k) conv2d, which its workload table admits); bf16 and fp32 take other paths. With
-# cudnn.benchmark, each new shape first tries algorithms with one workspace sized from the largest
-# free block or the device's free memory, halved on every OOM (cudnn/Conv_v8.cpp), then frees it: it
-# can raise max_memory_reserved up to what is free, but never makes the step OOM, so it is not part of
-# the need (the fit verdict) and the unconstrained reserved figure is given without it. The chosen
-# algorithm's run-time workspace is not known on a CPU: BOUNDED here by 0 (depthwise algorithms
-# usually need none) - UNMEASURED; bench/vram_accuracy.py runs benchmark on and off to measure it.
-CUDNN_RUNTIME_WORKSPACE_BYTES = 0
+# cudnn.benchmark, each new shape first tries algorithms with one workspace sized from what is free
+# (halved on every OOM, then freed), and the chosen algorithm allocates its own workspace on every
+# call: neither is known on a CPU. Both are BOUNDED instead of modelled: the run sets PyTorch's
+# documented CUDNN_CONV_WSCAP_DBG (TrainConfig.cudnn_workspace_cap_mb, train/cudnn_workspace.py), which
+# drops every algorithm whose workspace exceeds the cap, so one conv call can allocate at most the cap.
+# The estimate adds that bound, rounded as the allocator rounds a large block, on top of the replayed
+# peak and need (one conv runs at a time; taking the peak to coincide with one errs safe).
+CUDNN_DEPTHWISE_MIN_CHANNELS = 32
+
+
+def cudnn_workspace_bound_bytes(precision: str, channels: int, cap_mb: int) -> int:
+    """Most one cuDNN depthwise-conv call can allocate under the cap: 0 where cuDNN is not used."""
+    if precision != "fp16" or channels < CUDNN_DEPTHWISE_MIN_CHANNELS or cap_mb <= 0:
+        return 0
+    return -(-cap_mb * MiB // (2 * MiB)) * 2 * MiB  # allocations above 10 MiB round up to 2 MiB
 
 # torch.compile (inductor): Triton kernels loaded into the context and autotuning buffers. A guess
 # (unmeasured anywhere): the estimator keeps eager activations for compiled runs, an upper bound, and

@@ -69,9 +69,9 @@ Known error sources (none measured: there was no GPU when this was written):
 - The CUDA context is a published figure (constants.py); it depends on the driver, the card and the
   kernels loaded, and dominates small configs. cuBLAS workspaces follow PyTorch's per-architecture
   default (an unknown card gets the larger, sm_90 one).
-- cuDNN: benchmark's trial workspaces (fp16 depthwise conv) raise `max_memory_reserved` up to what is
-  free but never the need, and are not in `total_bytes`; the chosen algorithm's run-time workspace is
-  bounded by `constants.CUDNN_RUNTIME_WORKSPACE_BYTES` (unmeasured).
+- cuDNN (fp16 depthwise conv): benchmark's trial workspaces and the chosen algorithm's workspace are
+  not modelled but bounded: the run caps them at `cudnn_workspace_cap_mb` (CUDNN_CONV_WSCAP_DBG) and
+  the estimate adds the cap to the peak and to the need (`constants.cudnn_workspace_bound_bytes`).
 - The allocator model is a simplification: one stream, no garbage collection, no
   `expandable_segments`, addresses assumed increasing with each new segment. Its fragmentation steps
   (a segment at a time) make the estimate only nearly monotone in batch size; the least need assumes
@@ -111,7 +111,7 @@ from asl_ray.vram.shapes import drawn_lengths
 
 log = logging.getLogger(__name__)
 
-ESTIMATOR_VERSION = 2
+ESTIMATOR_VERSION = 3
 """Bump when the method changes: cached estimates of other versions are ignored."""
 
 # ================================================================================================
@@ -166,7 +166,8 @@ def _key_fields(cfg: TrainConfig, num_classes: int,
         "foreach_optimizer": cfg.foreach_optimizer, "compile_mode": cfg.compile_mode if cfg.compile else "",
         # A change to a constant (once measured on a GPU) must not be answered from the cache.
         "cuda": [constants.CUDA_CONTEXT_BYTES, constants.cublas_workspace_bytes(compute_capability),
-                 constants.CUBLASLT_WORKSPACE_BYTES_PER_HANDLE, constants.CUDNN_RUNTIME_WORKSPACE_BYTES],
+                 constants.CUBLASLT_WORKSPACE_BYTES_PER_HANDLE],
+        "cudnn_workspace": cudnn_bound(cfg),
         "cc": list(compute_capability) if compute_capability else None,
     }
 
@@ -294,6 +295,8 @@ def _compute(cfg: TrainConfig, num_classes: int,
     breakdown["allocator_overhead"] = fixed.peak_reserved - sum(breakdown.values())
     # The real sequence can reserve less than max_len throughout (never more live bytes): no negative line.
     breakdown["fragmentation"] = max(0, sequence.peak_reserved - fixed.peak_reserved)
+    breakdown["cudnn_workspace"] = cudnn_bound(cfg)
+    need += breakdown["cudnn_workspace"]
     breakdown["cuda_context"] = constants.CUDA_CONTEXT_BYTES
     breakdown["torch_compile"] = 0
     return VramEstimate(sum(breakdown.values()), breakdown, time.perf_counter() - started,
@@ -318,11 +321,17 @@ def runs_within(cfg: TrainConfig, num_classes: int, compute_capability: Optional
             top, _ = _trace_for(dataclasses.replace(cfg, compile=False), num_classes, workspace)
             plan, _ = _real_sequence(dataclasses.replace(cfg, compile=False), num_classes, workspace, top)
             try:
-                replay(plan, limit_bytes)
+                replay(plan, limit_bytes - cudnn_bound(cfg))  # the conv workspace needs its bound on top
                 _runs_within[key] = True
             except AllocatorOutOfMemory:
                 _runs_within[key] = False
         return _runs_within[key]
+
+
+def cudnn_bound(cfg: TrainConfig) -> int:
+    """The bound on one cuDNN conv call's workspace this config's run allows (constants.py)."""
+    channels = 2 * cfg.dim  # Conv1DBlock's expanded width (model.py)
+    return constants.cudnn_workspace_bound_bytes(cfg.precision, channels, cfg.cudnn_workspace_cap_mb)
 
 
 def eval_batch_size(cfg: TrainConfig) -> int:

@@ -18,6 +18,7 @@ PART_LABELS = {
     "cublas_workspace": "cuBLAS/cuBLASLt workspaces",
     "allocator_overhead": "caching allocator rounding + segment slack",
     "fragmentation": "fragmentation (real shape sequence + evaluation)",
+    "cudnn_workspace": "cuDNN conv workspace (bound: cudnn_workspace_cap_mb)",
     "cuda_context": "CUDA context",
     "torch_compile": "torch.compile kernels",
 }
