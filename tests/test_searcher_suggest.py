@@ -91,7 +91,7 @@ def test_measure_mode_launches_learning_configs_some_plan_of_which_fits(tmp_path
     assert {t.number for t in study.best_trials} <= {t.number for t in ran}
 
 
-def test_the_vram_check_goes_up_from_the_smallest_micro_batch_and_stops_at_the_first_fit(tmp_path):
+def test_the_vram_check_goes_up_from_the_smallest_micro_batch_then_answers_every_plan_for_the_worker(tmp_path):
     space = _space(tmp_path, baselines=[])
     fits = FakeFit()
     search = _search(space, fits)
@@ -99,8 +99,13 @@ def test_the_vram_check_goes_up_from_the_smallest_micro_batch_and_stops_at_the_f
     study.enqueue_trial({"effective_batch_size": 24, "dim": 32})
     study.enqueue_trial({"effective_batch_size": 24, "dim": 64})
     study.enqueue_trial({"effective_batch_size": 24, "dim": 128})
-    assert search.suggest("a") is not None and fits.asked == [(32, 8)]
-    assert search.suggest("b") is not None and fits.asked[1:] == [(64, 8)]
+    # The launch verdict is the smallest micro-batch that fits; then every plan the trial's worker will ask
+    # about is answered here too (the estimator's disk cache hands those answers to the worker).
+    assert search.suggest("a") is not None and fits.asked[0] == (32, 8)
+    assert sorted(fits.asked[1:]) == [(32, 8), (32, 12), (32, 24)]
+    assert study.trials[0].user_attrs["predicted_plan_batch_size"] == 8
+    fits.asked.clear()
+    assert search.suggest("b") is not None and fits.asked[0] == (64, 8) and {d for d, _ in fits.asked} == {64}
     fits.asked.clear()
     # dim 128 fits nowhere: every plan is asked; nothing else of the space can be launched
     assert search.suggest("c") is Searcher.FINISHED

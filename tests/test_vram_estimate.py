@@ -270,3 +270,19 @@ def test_the_verdict_replays_at_the_cards_own_limit():
     assert fits_within(cfg, usable, NUM_CLASSES) == (True, est.fit_bytes())
     assert not E.runs_within(cfg, NUM_CLASSES, None, est.need_bytes - 4 * 2 ** 20)
     assert fits(cfg, Card("exact", usable, headroom_bytes=0), NUM_CLASSES)
+
+
+def test_a_fresh_process_reads_the_fit_verdict_from_disk_without_tracing(monkeypatch):
+    """The search's driver answers every plan's fit before launch; the trial's worker, a fresh process, must
+    get the same verdict from the disk cache instead of tracing again (that cost ~8 s a trial)."""
+    from asl_ray.vram.fit import fits_within
+    cfg = small(batch_size=6)
+    usable = 4 * 1024 * constants.MiB
+    first = fits_within(cfg, usable, NUM_CLASSES)
+    assert first[0]  # a verdict that needs the capped replay too, not only the estimate
+    E.clear_memory_cache()  # as a new process: nothing in memory, the disk file re-read
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("traced although the answer was on disk")
+    monkeypatch.setattr(E, "_trace_for", no_tracing)
+    assert fits_within(cfg, usable, NUM_CLASSES) == first

@@ -224,6 +224,11 @@ class FitAwareSearch(Searcher):
                 self._tell_never_launched(trial, values, "no_plan", None, time.perf_counter() - started)
                 return None
             fitting, peak = smallest_fitting(candidates, self._fits)
+            if fitting is not None:
+                # The trial's worker asks the same of every plan: answered here, where the traces are warm,
+                # its answers come from the estimator's disk cache (a fresh worker process would re-trace).
+                for cfg in candidates:
+                    self._fits(cfg)
         else:
             try:
                 cfg = self._space.config_for(values)

@@ -227,11 +227,15 @@ def _load_disk_entries() -> dict[str, dict]:
 
 
 def _store_on_disk(key: str, estimate: VramEstimate) -> None:
+    _store_entry_on_disk(key, estimate.to_dict())
+
+
+def _store_entry_on_disk(key: str, entry: dict) -> None:
     """Merge with what other processes wrote meanwhile, then replace the file atomically."""
     path = cache_file()
     version = f'"version":{ESTIMATOR_VERSION}'
     entries = {k: v for k, v in _read_disk_file(path).items() if version in k}
-    entries[key] = estimate.to_dict()
+    entries[key] = entry
     while len(entries) > _MAX_DISK_ENTRIES:
         entries.pop(next(iter(entries)))
     _load_disk_entries()[key] = entries[key]
@@ -315,8 +319,13 @@ def runs_within(cfg: TrainConfig, num_classes: int, compute_capability: Optional
     depth 4, batch 163 runs at 9.8-10.2 GB, fails at 10.4-11.2 GB, runs from 11.4 GB), so a
     bisected least need alone can name a limit that happens to run. Cached in memory."""
     key = (cache_key(cfg, num_classes, compute_capability), int(limit_bytes))
+    disk_key = f"{key[0]}|runs_within={key[1]}"  # beside the estimates: a Train worker asks what the driver did
     with _lock:
         if key not in _runs_within:
+            entry = _load_disk_entries().get(disk_key)
+            if isinstance(entry, dict) and isinstance(entry.get("runs_within"), bool):
+                _runs_within[key] = entry["runs_within"]
+                return _runs_within[key]
             workspace = constants.cublas_workspace_bytes(compute_capability)
             top, _ = _trace_for(dataclasses.replace(cfg, compile=False), num_classes, workspace)
             plan, _ = _real_sequence(dataclasses.replace(cfg, compile=False), num_classes, workspace, top)
@@ -325,6 +334,7 @@ def runs_within(cfg: TrainConfig, num_classes: int, compute_capability: Optional
                 _runs_within[key] = True
             except AllocatorOutOfMemory:
                 _runs_within[key] = False
+            _store_entry_on_disk(disk_key, {"runs_within": _runs_within[key]})
         return _runs_within[key]
 
 
