@@ -175,13 +175,13 @@ def run_arm(arm: Arm, storage: Path, data: Path, confirm: int, reuse: bool) -> A
     return ArmRun(pd.read_parquet(root / "trials.parquet"), confirmations, arm_wall_seconds(root))
 
 
-def run_own_session(cmd: list[str], allowed: Sequence[int] = (0,)) -> int:
+def run_own_session(cmd: list[str], allowed: Sequence[int] = (0,), env: Optional[dict] = None) -> int:
     """Run one command in a process group of its own; afterwards stop what is left of it (and only that).
 
     Each arm's search starts its own local Ray, whose processes die with it (Ray's fate sharing) and stay in
     its process group: cleaning up that group never touches another Ray on this machine (`ray stop` would).
     An exit code outside `allowed` raises CalledProcessError."""
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, env=env)
     try:
         try:
             rc = proc.wait()
@@ -224,7 +224,9 @@ def retrain(arm: Arm, storage: Path, data: Path, seeds: Sequence[int], reuse: bo
                 shutil.rmtree(out)  # a partial run of this bench's own (train refuses a used --out)
             cmd = retrain_command(config, data, seed, out)
             print(f"[{arm.name}] {' '.join(cmd[1:])}", flush=True)
-            run_own_session(cmd, allowed=(0, 3))  # 3: the run ended infeasible (OOM, diverged): it still scores
+            # One thread, as the trials' Ray workers run (1 CPU each): two OpenMP threads on a busy 2-core
+            # machine fell to 9-15 samples/s from ~300. 3: the run ended infeasible (OOM, diverged): it still scores.
+            run_own_session(cmd, allowed=(0, 3), env={**os.environ, "OMP_NUM_THREADS": "1"})
         result = json.loads((out / "result.json").read_text())
         run = {"arm": arm.name, "seed": seed, "status": result.get("status", "ok"),
                "val_acc": float(result.get("val_acc", 0.0)) if result.get("feasible", True) else 0.0,
