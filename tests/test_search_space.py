@@ -52,7 +52,7 @@ def test_shipped_spaces_include_the_required_ones():
     assert (smoke.budget.epochs, smoke.budget.grace_period, smoke.budget.reduction_factor) == (6, 2, 2)
     assert smoke.plans == {"batch_size": (8, 12, 24, 48)}
     assert (smoke.confirm.seeds, smoke.confirm.finalists) == (2, 2)
-    assert smoke.plan_search.mode == "measure" and smoke.plan_search.max_plans == 4
+    assert smoke.plan_search.mode == "measure" and smoke.plan_search.max_plans == 2
     seed_plan = smoke.config_for({**smoke.baselines[0], **smoke.baseline_plans[0]})
     assert (seed_plan.batch_size, seed_plan.gradient_accumulation_steps) == (12, 4)
 
