@@ -137,6 +137,15 @@ class TrainConfig:
     host-to-device bytes); the same features as the host path, bit for bit (asl_ray/data/features.py)."""
     persistent_workers: bool = False
     """Keep DataLoader workers alive across epochs (no re-spawn per epoch); nothing to keep with num_workers 0."""
+    host_step_counts: bool = True
+    """RAdam with each parameter's step count a Python int (asl_ray/train/radam.py, multi-tensor ops): its
+    rectification and bias-correction scalars are computed once per step on the host, where torch's RAdam reads
+    a tensor step with `.item()` five times per parameter (355 host reads per step here). On, RAdam is
+    multi-tensor whatever foreach_optimizer says; off, torch.optim.RAdam. AdamW is unaffected."""
+    foreach_grad_accumulation: bool = False
+    """Add each later micro-batch's gradients into .grad with one `torch._foreach_add_` (from
+    `torch.autograd.grad`) instead of AccumulateGrad's `add_` per parameter; the same sums. Holds up to one more
+    fp32 copy of the parameters at the end of those backwards (the VRAM estimate counts it)."""
 
     # ---- fault injection (tests) -------------------------------------------------------------
     inject_oom_at_step: int = 0

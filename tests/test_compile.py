@@ -183,3 +183,31 @@ def test_flop_counter_counts_the_custom_conv_like_a_torch_convolution():
     with FlopCounterMode(display=False) as backward:
         out.sum().backward()
     assert backward.get_total_flops() == 2 * ours.get_total_flops()  # one convolution per gradient
+
+
+@pytest.mark.slow
+def test_compiled_model_with_foreach_accumulation_and_host_step_radam_trains_like_eager():
+    """Three optimizer steps of two micro-batches: the compiled model on the fewer-launches path (autograd.grad +
+    one foreach add, HostStepRAdam) ends with the eager model's weights on torch's path."""
+    from asl_ray.train.loop import TrainStep, accumulation_window
+    from asl_ray.train.optim import make_optimizer
+    torch._dynamo.reset()
+    base = TrainConfig(dim=32, depth=1, max_len=16, pad_to="max_len", batch_size=3, gradient_accumulation_steps=2,
+                       **NO_DROPOUT)
+    fast = base.with_overrides({"compile": True, "host_step_counts": True, "foreach_grad_accumulation": True,
+                                "foreach_optimizer": True})
+    cpu = Runtime.create(base, torch.device("cpu"))
+    trained = []
+    for cfg in (base, fast):
+        torch.manual_seed(0)
+        model = GISLRModel.from_config(cfg, 5)
+        opt, _ = make_optimizer(model, cfg)
+        step = TrainStep(compile_for(model, cfg, cpu), opt, cpu.grad_scaler(), cpu, cfg)
+        g = torch.Generator().manual_seed(1)
+        for i in range(6):
+            batch = pad_to_batch_max([(torch.randn(12 - j, 708, generator=g).numpy(), j) for j in range(3)], 16)
+            step(batch, *accumulation_window(i, 6, 2))
+        assert compile_metrics(step.model)["compile_failed"] is False
+        trained.append(model)
+    for (name, a), b in zip(trained[1].named_parameters(), trained[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

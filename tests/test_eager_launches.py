@@ -27,7 +27,8 @@ def test_switches_are_validated_bool_fields(name):
 def _trained_params(optimizer: str, foreach: bool, steps: int = 6):
     cfg = TrainConfig(dim=16, depth=1, num_heads=2, batch_size=3, gradient_accumulation_steps=2, drop_path=0.0,
                       attn_dropout=0.0, late_dropout=0.0, optimizer=optimizer, lookahead=True,
-                      gradient_clip_val=0.05, foreach_optimizer=foreach)  # a clip that bites
+                      gradient_clip_val=0.05, foreach_optimizer=foreach,  # a clip that bites
+                      host_step_counts=False)  # torch's RAdam, looped or foreach
     torch.manual_seed(0)
     model = GISLRModel.from_config(cfg, 5)
     opt, _ = make_optimizer(model, cfg)

@@ -1,4 +1,5 @@
 """The launch counter itself: counts on tiny known computations and on the real TrainStep (never timings)."""
+import pytest
 import torch
 
 from asl_ray.ablate.launches import count_dispatched, count_train_steps, profiled_kernels
@@ -42,6 +43,8 @@ def test_profiler_counts_top_level_cpu_ops_not_their_insides():
 
 
 def _tiny_step(**overrides):
+    # torch's RAdam and AccumulateGrad, whatever the defaults: these tests count what foreach_optimizer changes
+    overrides = {"host_step_counts": False, "foreach_grad_accumulation": False, **overrides}
     cfg = TrainConfig(dim=16, depth=1, num_heads=2, batch_size=3, gradient_accumulation_steps=2, **overrides)
     torch.manual_seed(0)
     model = GISLRModel.from_config(cfg, 5)
@@ -79,3 +82,28 @@ def test_foreach_optimizer_launches_fewer_ops_per_step():
     assert counts[True].ops.get("_foreach_lerp_", 0) >= 1  # RAdam's first moment, all parameters at once
     # RAdam's per-parameter lerp_ is gone (MaskedBatchNorm's running statistics use _foreach_lerp_ either way)
     assert counts[True].ops.get("lerp_", 0) == counts[False].ops.get("lerp_", 0) - len(step.params)
+
+
+def test_profiler_counts_no_view_and_no_to_that_copies_nothing():
+    x = torch.randn(4, 3)
+
+    def run():
+        y = x.to(torch.float32).t().transpose(0, 1).reshape(12)  # no copy, views only
+        y.to(torch.float64)  # a real copy: one launch
+        return 1, 1
+
+    count = profiled_kernels(run, torch.device("cpu"))
+    assert count.ops == {"aten::to": 1}
+
+
+@pytest.mark.slow  # an inductor compile: a C++ build
+def test_profiler_counts_inductor_kernels_and_extern_matmuls():
+    import torch._inductor.config as inductor_config
+    x, w = torch.randn(8, 4), torch.randn(4, 3)
+    torch._dynamo.reset()
+    with inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}):
+        fn = torch.compile(lambda a, b: ((a @ b).relu() * 2).sum(0))
+        fn(x, w)
+        count = profiled_kernels(lambda: (fn(x, w), (8, 1))[1], torch.device("cpu"))
+    fused = [name for name in count.ops if "cpp_fused" in name]
+    assert count.ops.get("aten::mm") == 1 and len(fused) == 1 and count.launches() == 2, count.ops

@@ -18,8 +18,9 @@ def _samples(n=8, seed=0):
     return [(torch.randn(t, 708, generator=g).numpy(), i % 5) for i, t in enumerate(lengths)]
 
 
-def _grads_after(micro_batch: int, accum: int, model, samples):
-    cfg = TrainConfig(batch_size=micro_batch, gradient_accumulation_steps=accum, gradient_clip_val=0.0)
+def _grads_after(micro_batch: int, accum: int, model, samples, foreach_accumulation: bool = False):
+    cfg = TrainConfig(batch_size=micro_batch, gradient_accumulation_steps=accum, gradient_clip_val=0.0,
+                      foreach_grad_accumulation=foreach_accumulation)
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     captured = []
@@ -35,13 +36,14 @@ def _grads_after(micro_batch: int, accum: int, model, samples):
     return captured[0]
 
 
-def test_micro_batch_8_accum_1_equals_micro_batch_2_accum_4():
+@pytest.mark.parametrize("foreach_accumulation", [False, True])
+def test_micro_batch_8_accum_1_equals_micro_batch_2_accum_4(foreach_accumulation):
     torch.manual_seed(0)
     # eval(): BatchNorm on running statistics and no dropout, so both splits see the same function.
     model = GISLRModel(5).eval()
     samples = _samples()
     a = _grads_after(8, 1, model, samples)
-    b = _grads_after(2, 4, model, samples)
+    b = _grads_after(2, 4, model, samples, foreach_accumulation)
     for ga, gb in zip(a, b):
         torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
 

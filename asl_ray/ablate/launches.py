@@ -5,7 +5,9 @@ Two counters, both over whole optimizer steps of the real `TrainStep`:
   optimizer, Lookahead), grouped by op. View ops (`view`, `t`, `transpose`...) are counted apart: they
   cost host time but launch no kernel.
 - `profiled_kernels`: `torch.profiler` events, for compiled code (a dispatch mode cannot watch inductor's
-  kernels): CUDA kernel events on CUDA; on CPU the top-level aten ops plus inductor's fused C++ kernels.
+  kernels): CUDA kernel events on CUDA; on CPU the top-level aten ops that launch a kernel (no views, no
+  composite op that called nothing, such as a `to` with nothing to copy) plus inductor's fused C++ kernels
+  (visible only in code compiled with `torch._inductor.config.cpp.enable_kernel_profile`).
 No Ray here.
 """
 from __future__ import annotations
@@ -96,9 +98,10 @@ def count_train_steps(step, batches: list, accum: int, device: torch.device) -> 
 def profiled_kernels(fn: Callable[[], tuple[int, int]], device: torch.device) -> LaunchCount:
     """Kernel events of `fn()` (which returns (samples, optimizer steps)) under torch.profiler.
 
-    CUDA: every CUDA kernel event. CPU: aten ops with no aten op above them (what the dispatcher ran at
-    the top; the ops a composite op calls inside it are not extra launches) plus inductor's fused C++
-    kernels, which `cpp.enable_kernel_profile` makes visible as events."""
+    CUDA: every CUDA kernel event. CPU: aten ops with no aten op above them that launch a kernel (what the
+    dispatcher ran at the top; the ops a composite op calls inside it are not extra launches) plus inductor's
+    fused C++ kernels (`graph_<n>_cpp_fused_...`), events only in code compiled with
+    `cpp.enable_kernel_profile` on: set it before compiling, or they are silently missing."""
     from torch.profiler import ProfilerActivity, profile
     import torch._inductor.config as inductor_config
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -116,20 +119,56 @@ def profiled_kernels(fn: Callable[[], tuple[int, int]], device: torch.device) ->
     return LaunchCount(samples, steps, dict(counts), {}, source="profiler")
 
 
+_INDUCTOR_KERNEL_MARKS = ("cpp_fused", "cpp_CppKernelProxy")  # inductor names them graph_<n>_cpp_fused_...
+
+
+def _is_inductor_kernel(name: str) -> bool:
+    return any(mark in name for mark in _INDUCTOR_KERNEL_MARKS)
+
+
 def _is_cpu_kernel(evt) -> bool:
-    if evt.name.startswith(("cpp_fused", "cpp_CppKernelProxy")):
+    if _is_inductor_kernel(evt.name):
         return True
-    if not evt.name.startswith("aten::") or _is_view_op(evt.name[len("aten::"):]):
+    if not evt.name.startswith("aten::") or not _launches(evt):
         return False
     parent: Optional[object] = evt.cpu_parent
     while parent is not None:
-        if parent.name.startswith(("aten::", "cpp_fused")):
+        if parent.name.startswith("aten::") or _is_inductor_kernel(parent.name):
             return False
         parent = parent.cpu_parent
     return True
 
 
+def _launches(evt) -> bool:
+    """Whether an aten event ran a kernel: a composite op (`to`, `item`, `pad`, `reshape`) only through an op
+    it called (a `to` that needs no copy calls nothing); any other op unless it is a view."""
+    name = evt.name[len("aten::"):]
+    if not _is_composite_op(name):
+        return not _is_view_op(name)
+    return any(child.name.startswith("aten::") and _launches(child) or _is_inductor_kernel(child.name)
+               for child in evt.cpu_children)
+
+
+def _main_overload(name: str):
+    packet = getattr(torch.ops.aten, name, None)
+    if packet is None:
+        return None
+    return getattr(packet, "default", None) or next(
+        (getattr(packet, o) for o in packet.overloads()), None)
+
+
 def _is_view_op(name: str) -> bool:
     packet = getattr(torch.ops.aten, name, None)
-    overload = getattr(packet, "default", None)
-    return bool(overload is not None and overload.is_view)
+    # transpose has no .default overload (transpose.int): any view overload makes the op a view
+    return packet is not None and any(getattr(packet, o).is_view for o in packet.overloads()
+                                      if o in ("default", "int", "Tensor", "dim"))
+
+
+def _is_composite_op(name: str) -> bool:
+    overload = _main_overload(name)
+    if overload is None:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(overload.name(), "CompositeImplicitAutograd")
+    except RuntimeError:
+        return False

@@ -76,7 +76,8 @@ def ablations_for(base: TrainConfig) -> list[Ablation]:
                  needs_cuda=True, note="CUDA graphs, one per captured ladder shape"),
         # Fewer launches in eager (bench/launches.py counts them); persistent workers only matter across epochs.
         *[Ablation(f"{name}={'off' if getattr(base, name) else 'on'}", {name: not getattr(base, name)})
-          for name in ("foreach_optimizer", "features_on_device", "persistent_workers")],
+          for name in ("foreach_optimizer", "features_on_device", "persistent_workers", "host_step_counts",
+                       "foreach_grad_accumulation")],
     ]
     return [a for a in out if a.applies_to(base)]
 

@@ -19,7 +19,7 @@ BUDGET_OWNED_KEYS = ("epochs", "max_steps_per_epoch")
 """TrainConfig keys every trial takes from `budget` (ASHA's max_t, the per-epoch cap): never fixed or searched."""
 EXECUTION_KEYS = ("batch_size", "gradient_accumulation_steps", "precision", "compile", "compile_mode",
                   "cudnn_benchmark", "num_workers", "pin_memory", "pad_to", "foreach_optimizer", "features_on_device",
-                  "persistent_workers", "empty_cache_every")
+                  "persistent_workers", "empty_cache_every", "host_step_counts", "foreach_grad_accumulation")
 """TrainConfig keys that change how a config runs, not what it learns: listed under `plans:` (or fixed), never
 searched under `params:`."""
 ACCUMULATION = "gradient_accumulation_steps"

@@ -18,6 +18,7 @@ from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
 from asl_ray.data.dataset import Batch, SequenceDataset, make_loader, participant_split
 from asl_ray.model import GISLRModel
+from asl_ray.train.accumulate import make_accumulation
 from asl_ray.train.metrics import MemoryMonitor, ThroughputMeter
 from asl_ray.train.optim import Lookahead, make_optimizer, make_schedule
 from asl_ray.train.runtime import Runtime, compile_for, compile_metrics
@@ -55,6 +56,7 @@ class TrainStep:
         self.criterion = criterion or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.faults = FaultInjector(cfg)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.backward = make_accumulation(self.params, cfg.foreach_grad_accumulation)
         self.attempted_steps = 0  # optimizer steps asked for; the scaler may skip some
         self.taken_steps = 0
         optimizer.register_step_post_hook(self._count_taken)
@@ -75,7 +77,7 @@ class TrainStep:
         loss = self.faults.poison_loss(loss, step)
         # Dividing by the window (not always by accumulation steps) keeps the last, partial window of
         # an epoch an average too.
-        self.scaler.scale(loss / window).backward()
+        self.backward(self.scaler.scale(loss / window))
         if at_boundary:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             if self.clip > 0:

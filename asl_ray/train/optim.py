@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from asl_ray.config import TrainConfig
+from asl_ray.train.radam import HostStepRAdam
 
 
 class Lookahead:
@@ -50,7 +51,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opti
     # foreach_optimizer: multi-tensor kernels on every device (RAdam has no fused kernel; AdamW's fused one
     # is a single launch). Off leaves torch's default: foreach on CUDA, a per-parameter loop on the CPU.
     multi = cfg.foreach_optimizer
-    if cfg.optimizer == "radam":
+    if cfg.optimizer == "radam" and cfg.host_step_counts:  # always multi-tensor, no .item() per parameter
+        opt = HostStepRAdam(groups, lr=cfg.learning_rate())
+    elif cfg.optimizer == "radam":
         opt = torch.optim.RAdam(groups, lr=cfg.learning_rate(), decoupled_weight_decay=True,
                                 foreach=True if multi else None)
     elif multi:

@@ -164,6 +164,7 @@ def _key_fields(cfg: TrainConfig, num_classes: int,
         # The real shape sequence depends on these (shapes.py).
         "pad_to": cfg.pad_to, "length_bucketing": cfg.length_bucketing,
         "foreach_optimizer": cfg.foreach_optimizer, "compile_mode": cfg.compile_mode if cfg.compile else "",
+        "host_step_counts": cfg.host_step_counts, "foreach_grad_accumulation": cfg.foreach_grad_accumulation,
         # A change to a constant (once measured on a GPU) must not be answered from the cache.
         "cuda": [constants.CUDA_CONTEXT_BYTES, constants.cublas_workspace_bytes(compute_capability),
                  constants.CUBLASLT_WORKSPACE_BYTES_PER_HANDLE],
@@ -299,6 +300,12 @@ def _compute(cfg: TrainConfig, num_classes: int,
     breakdown["allocator_overhead"] = fixed.peak_reserved - sum(breakdown.values())
     # The real sequence can reserve less than max_len throughout (never more live bytes): no negative line.
     breakdown["fragmentation"] = max(0, sequence.peak_reserved - fixed.peak_reserved)
+    if cfg.foreach_grad_accumulation:
+        # A BOUND, not traced (the replay adds each incoming gradient as it arrives): an accumulating
+        # micro-batch's gradients all stay alive until its backward's one foreach add, at most one more copy
+        # of the fp32 parameters (this line includes the BN buffers).
+        breakdown["attention_and_temporaries"] += breakdown["parameters"]
+        need += breakdown["parameters"]
     breakdown["cudnn_workspace"] = cudnn_bound(cfg)
     need += breakdown["cudnn_workspace"]
     breakdown["cuda_context"] = constants.CUDA_CONTEXT_BYTES
