@@ -35,6 +35,17 @@ def synth_cache(synth_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def private_vram_cache(tmp_path_factory):
+    """The VRAM estimator with its own disk cache and empty in-process caches for one test module."""
+    from asl_ray.vram import estimate
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASL_RAY_CACHE_DIR", str(tmp_path_factory.mktemp("vram-cache")))
+        estimate.clear_memory_cache()
+        yield
+    estimate.clear_memory_cache()
+
+
+@pytest.fixture(scope="module")
 def ray_local():
     """A real local Ray with 2 CPUs and the dashboard process (Train's cleanup queries its state API)."""
     ray = pytest.importorskip("ray")

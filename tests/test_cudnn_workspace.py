@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import pytest
 
@@ -16,13 +17,7 @@ from asl_ray.vram.constants import MiB
 SMALL = TrainConfig(dim=32, depth=1, max_len=32, batch_size=4, gradient_accumulation_steps=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ASL_RAY_CACHE_DIR", str(tmp_path_factory.mktemp("vram-cache")))
-        E.clear_memory_cache()
-        yield
-    E.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("private_vram_cache")  # conftest.py: a disk cache of this module's own
 
 
 @pytest.mark.parametrize("precision,channels,cap,expected_mib", [
@@ -60,7 +55,6 @@ def test_fp32_is_unaffected_by_the_cap():
 def test_the_run_sets_the_cap_for_the_process(monkeypatch, caplog):
     monkeypatch.delenv(CUDNN_WORKSPACE_CAP_ENV, raising=False)
     cap_cudnn_workspace(64)
-    import os
     assert os.environ[CUDNN_WORKSPACE_CAP_ENV] == "64"
     with caplog.at_level(logging.WARNING, logger="asl_ray.train.cudnn_workspace"):
         cap_cudnn_workspace(128)  # a different value in the environment is replaced, loudly

@@ -29,14 +29,7 @@ def estimate(cfg: TrainConfig) -> E.VramEstimate:
     return E.estimate_peak_vram(cfg, NUM_CLASSES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    """Each test module run gets its own disk cache and empty in-process caches."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ASL_RAY_CACHE_DIR", str(tmp_path_factory.mktemp("vram-cache")))
-        E.clear_memory_cache()
-        yield
-    E.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("private_vram_cache")  # conftest.py: a disk cache of this module's own
 
 
 def _nbytes(tensors) -> int:
