@@ -86,15 +86,11 @@ Known error sources (none measured: there was no GPU when this was written):
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 from asl_ray.config import TrainConfig
@@ -103,6 +99,7 @@ from asl_ray.vram.allocator import (  # noqa: F401 (re-exported: importable from
     REPLAYED_WINDOWS, AllocatorOutOfMemory, CachingAllocatorModel, ReplayPlan, accumulation_window,
     least_need_bytes, replay, replay_through_allocator)
 from asl_ray.vram.constants import MiB  # noqa: F401 (importable from here as before)
+from asl_ray.vram.disk_cache import DiskCache, cache_file  # noqa: F401 (cache_file re-exported)
 from asl_ray.vram.trace import (  # noqa: F401 (re-exported, as above)
     ALLOC, FREE, GRAD_READY, Trace, _BatchTemplate, trace_evaluation,
     trace_training_step)
@@ -119,9 +116,8 @@ ESTIMATOR_VERSION = 3
 # ================================================================================================
 
 _memory_cache: dict[str, VramEstimate] = {}
-_disk_entries: Optional[dict[str, dict]] = None  # the disk file's entries, read once per process
+_disk = DiskCache(f'"version":{ESTIMATOR_VERSION}')  # shared by the processes of a machine (disk_cache.py)
 _lock = threading.RLock()  # one trace at a time; the caches are shared
-_MAX_DISK_ENTRIES = 4096
 
 
 def estimate_peak_vram(cfg: TrainConfig, num_classes: int = 250,
@@ -175,29 +171,18 @@ def _key_fields(cfg: TrainConfig, num_classes: int,
 
 def clear_memory_cache() -> None:
     """Forget in-process results and traces (the disk file is re-read on the next call)."""
-    global _disk_entries
     with _lock:
         _memory_cache.clear()
         _runs_within.clear()
         _traces_by_shape.clear()
         _templates_by_shape.clear()
-        _disk_entries = None
-
-
-def cache_file() -> Path:
-    """$ASL_RAY_CACHE_DIR, else $XDG_CACHE_HOME/asl_ray, else ~/.cache/asl_ray; file vram-estimates.json."""
-    override = os.environ.get("ASL_RAY_CACHE_DIR")
-    if override:
-        root = Path(override)
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "asl_ray"
-    return root / "vram-estimates.json"
+        _disk.forget()
 
 
 def _cached(key: str) -> tuple[Optional[VramEstimate], str]:
     if key in _memory_cache:
         return _memory_cache[key], "memory"
-    entry = _load_disk_entries().get(key)
+    entry = _disk.get(key)
     if entry is None:
         return None, ""
     try:
@@ -211,49 +196,8 @@ def _cached(key: str) -> tuple[Optional[VramEstimate], str]:
     return hit, "disk"
 
 
-def _read_disk_file(path: Path) -> dict[str, dict]:
-    try:
-        data = json.loads(path.read_text())
-        entries = data.get("entries", {}) if isinstance(data, dict) else {}
-        return entries if isinstance(entries, dict) else {}
-    except (OSError, ValueError):
-        return {}  # missing or damaged: the cache only saves time
-
-
-def _load_disk_entries() -> dict[str, dict]:
-    global _disk_entries
-    if _disk_entries is None:
-        _disk_entries = _read_disk_file(cache_file())
-    return _disk_entries
-
-
 def _store_on_disk(key: str, estimate: VramEstimate) -> None:
-    _store_entry_on_disk(key, estimate.to_dict())
-
-
-def _store_entry_on_disk(key: str, entry: dict) -> None:
-    """Merge with what other processes wrote meanwhile, then replace the file atomically."""
-    path = cache_file()
-    version = f'"version":{ESTIMATOR_VERSION}'
-    entries = {k: v for k, v in _read_disk_file(path).items() if version in k}
-    entries[key] = entry
-    while len(entries) > _MAX_DISK_ENTRIES:
-        entries.pop(next(iter(entries)))
-    _load_disk_entries()[key] = entries[key]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vram-estimates.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": 1, "entries": entries}, f, separators=(",", ":"))
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as e:
-        # A read-only home must not break estimation: the in-memory cache still answers.
-        log.debug("VRAM estimate cache not written to %s: %s", path, e)
+    _disk.put(key, estimate.to_dict())
 
 
 def _with_compile_kernels(eager: VramEstimate, cfg: TrainConfig, seconds: float) -> VramEstimate:
@@ -329,7 +273,7 @@ def runs_within(cfg: TrainConfig, num_classes: int, compute_capability: Optional
     disk_key = f"{key[0]}|runs_within={key[1]}"  # beside the estimates: a Train worker asks what the driver did
     with _lock:
         if key not in _runs_within:
-            entry = _load_disk_entries().get(disk_key)
+            entry = _disk.get(disk_key)
             if isinstance(entry, dict) and isinstance(entry.get("runs_within"), bool):
                 _runs_within[key] = entry["runs_within"]
                 return _runs_within[key]
@@ -341,7 +285,7 @@ def runs_within(cfg: TrainConfig, num_classes: int, compute_capability: Optional
                 _runs_within[key] = True
             except AllocatorOutOfMemory:
                 _runs_within[key] = False
-            _store_entry_on_disk(disk_key, {"runs_within": _runs_within[key]})
+            _disk.put(disk_key, {"runs_within": _runs_within[key]})
         return _runs_within[key]
 
 
