@@ -133,8 +133,9 @@ class TrainConfig:
     slow-weight update as two `torch._foreach_*` ops, clipping's norm with `foreach=True`. Off leaves torch's
     defaults (foreach on CUDA only). Same update up to float rounding (tests/test_eager_launches.py)."""
     features_on_device: bool = False
-    """Send only the 236 position channels to the device and compute dx/dx2 there (a third of the
-    host-to-device bytes); the same features as the host path, bit for bit (asl_ray/data/features.py)."""
+    """Send only the 236 position channels to the device and compute dx/dx2 there, as the model's first step
+    (a third of the host-to-device bytes; compiled, one fused kernel); the same features as the host path,
+    bit for bit (asl_ray/data/features.py)."""
     persistent_workers: bool = False
     """Keep DataLoader workers alive across epochs (no re-spawn per epoch); nothing to keep with num_workers 0."""
     host_step_counts: bool = True

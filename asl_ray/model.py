@@ -1,6 +1,7 @@
 """The GISLR winner's 1D-CNN + Transformer, with padded frames masked everywhere.
 
-Input: features (B, T, 708) and a boolean mask (B, T) that is True on real frames. Every place where
+Input: features (B, T, 708), or the 236 positions they are computed from (features_on_device: the model
+computes dx/dx2 first, in the same compiled graph), and a boolean mask (B, T) that is True on real frames. Every place where
 padding could leak into a real frame is masked: BatchNorm statistics (real frames only), ECA's
 average, attention keys and the final pooling. The depthwise convolution is causal and padding sits
 at the end, so real frames never see it. Padded positions are zeroed after each block so that
@@ -8,15 +9,28 @@ garbage there can never overflow in fp16.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
 from asl_ray.config import NUM_FEATURE_CHANNELS, TrainConfig
+from asl_ray.data.features import NUM_POSITION_CHANNELS, motion_features
 
 BN_MOMENTUM = 0.05  # Keras momentum 0.95 in PyTorch's convention
 BN_EPS = 1e-3  # Keras default
+
+
+def _weighted_column_sums(w: torch.Tensor, xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w @ x, w @ x^2) for w (1, N) and x (N, C). Eager: two matmuls, two launches. Compiled: sums, which
+    inductor fuses into one reduction kernel with what precedes them, where each matmul is an extern call
+    with a fused kernel on either side."""
+    if torch.compiler.is_compiling():
+        wc = w.reshape(-1, 1)
+        return (xf * wc).sum(0), (xf * xf * wc).sum(0)
+    return torch.mm(w, xf).squeeze(0), torch.mm(w, xf * xf).squeeze(0)
 
 
 class _MaskedBatchNormFn(torch.autograd.Function):
@@ -38,8 +52,8 @@ class _MaskedBatchNormFn(torch.autograd.Function):
             w = mask.reshape(1, -1).to(acc)
             n = w.sum().clamp_(min=1.0)
             w = w / n
-            mean = torch.mm(w, xf).squeeze(0)
-            var = torch.addcmul(torch.mm(w, xf * xf).squeeze(0), mean, mean, value=-1.0).clamp_(min=0.0)
+            mean, mean_sq = _weighted_column_sums(w, xf)
+            var = torch.addcmul(mean_sq, mean, mean, value=-1.0).clamp_(min=0.0)
             invstd = (var + eps).rsqrt_()
             scale = invstd * weight
             y = torch.addcmul(torch.addcmul(bias, mean, scale, value=-1.0), xf, scale).to(x.dtype).view_as(x)
@@ -112,7 +126,10 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.empty(x.shape[0], 1, 1, device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p)
+        if torch.compiler.is_compiling():  # inductor draws these inside a fused kernel; bernoulli_ is an extern call
+            keep = (torch.rand(x.shape[0], 1, 1, device=x.device) >= self.p).to(x.dtype)
+        else:
+            keep = torch.empty(x.shape[0], 1, 1, device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p)
         return x * keep / (1.0 - self.p)
 
 
@@ -124,73 +141,89 @@ class ECA(nn.Module):
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(self.conv(masked_mean(x, mask).unsqueeze(1))).squeeze(1)
-        return x * gate.unsqueeze(1)
+        means = masked_mean(x, mask)
+        if torch.compiler.is_compiling():
+            logits = self._conv_as_shifted_sums(means)
+        else:
+            logits = self.conv(means.unsqueeze(1)).squeeze(1)
+        return x * torch.sigmoid(logits).unsqueeze(1)
+
+    def _conv_as_shifted_sums(self, means: torch.Tensor) -> torch.Tensor:
+        """The same convolution as K shifted multiply-adds: compiled, they fuse with the masked mean and the
+        gate into the kernels around them, where a convolution is an extern call forward and two backward.
+        (Eager, the convolution is one launch and K shifts would be 2K.)"""
+        k = self.conv.kernel_size[0]
+        padded = F.pad(means, (k // 2, k // 2))
+        weight = self.conv.weight.reshape(k).to(means.dtype)
+        width = means.shape[-1]
+        return sum(weight[j] * padded[:, j:j + width] for j in range(k))
 
 
-@torch.library.custom_op("asl_ray::causal_depthwise_conv", mutates_args=())
-def _causal_conv(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    k = weight.shape[-1]
-    out = F.conv1d(F.pad(h.transpose(1, 2), (k - 1, 0)), weight, groups=weight.shape[0])
-    return out.transpose(1, 2).contiguous()
+@torch.library.custom_op("asl_ray::depthwise_conv1d", mutates_args=())
+def _depthwise_conv(padded: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.conv1d(padded, weight, groups=weight.shape[0])
 
 
-@_causal_conv.register_fake
-def _(h, weight):
-    return h.new_empty(h.shape)
+@_depthwise_conv.register_fake
+def _(padded, weight):
+    b, c, length = padded.shape
+    return padded.new_empty(b, c, length - weight.shape[-1] + 1)
 
 
-@torch.library.custom_op("asl_ray::causal_depthwise_conv_backward", mutates_args=())
-def _causal_conv_backward(grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    k = weight.shape[-1]
-    padded = F.pad(h.transpose(1, 2), (k - 1, 0))
+@torch.library.custom_op("asl_ray::depthwise_conv1d_backward", mutates_args=())
+def _depthwise_conv_backward(grad: torch.Tensor, padded: torch.Tensor, weight: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
     grad_padded, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad.transpose(1, 2), padded, weight, None, [1], [0], [1], False, [0], weight.shape[0], [True, True, False])
-    return grad_padded[..., k - 1:].transpose(1, 2).contiguous(), grad_weight
+        grad, padded, weight, None, [1], [0], [1], False, [0], weight.shape[0], [True, True, False])
+    return grad_padded, grad_weight
 
 
-@_causal_conv_backward.register_fake
-def _(grad, h, weight):
-    return h.new_empty(h.shape), weight.new_empty(weight.shape)
+@_depthwise_conv_backward.register_fake
+def _(grad, padded, weight):
+    return padded.new_empty(padded.shape), weight.new_empty(weight.shape)
 
 
-def _causal_conv_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)  # the unpadded input: the padded copy is rebuilt in backward
+def _depthwise_conv_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
 
 
-def _causal_conv_autograd(ctx, grad):
-    h, weight = ctx.saved_tensors
-    return tuple(torch.ops.asl_ray.causal_depthwise_conv_backward(grad, h, weight))
+def _depthwise_conv_autograd(ctx, grad):
+    padded, weight = ctx.saved_tensors
+    return tuple(torch.ops.asl_ray.depthwise_conv1d_backward(grad, padded, weight))
 
 
-_causal_conv.register_autograd(_causal_conv_autograd, setup_context=_causal_conv_setup_context)
+_depthwise_conv.register_autograd(_depthwise_conv_autograd, setup_context=_depthwise_conv_setup_context)
 
 
 # FlopCounterMode sees a custom op as one opaque call: without these, the convolution's FLOPs vanish from
 # the MFU figures (asl_ray/ablate/flops.py). Forward: one depthwise convolution, 2 FLOPs per MAC; backward:
 # one such convolution per gradient (input and weight).
-@register_flop_formula(torch.ops.asl_ray.causal_depthwise_conv)
-def _causal_conv_flops(h_shape, w_shape, out_shape=None, **_) -> int:
-    b, length, c = h_shape
-    return 2 * b * c * w_shape[-1] * length
+@register_flop_formula(torch.ops.asl_ray.depthwise_conv1d)
+def _depthwise_conv_flops(padded_shape, w_shape, out_shape=None, **_) -> int:
+    b, c, length = padded_shape
+    return 2 * b * c * w_shape[-1] * (length - w_shape[-1] + 1)
 
 
-@register_flop_formula(torch.ops.asl_ray.causal_depthwise_conv_backward)
-def _causal_conv_backward_flops(grad_shape, h_shape, w_shape, out_shape=None, **_) -> int:
-    return 2 * _causal_conv_flops(h_shape, w_shape)
+@register_flop_formula(torch.ops.asl_ray.depthwise_conv1d_backward)
+def _depthwise_conv_backward_flops(grad_shape, padded_shape, w_shape, out_shape=None, **_) -> int:
+    return 2 * _depthwise_conv_flops(padded_shape, w_shape)
 
 
 def causal_depthwise_conv(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(B, L, C) -> (B, L, C) depthwise convolution with `weight` (C, 1, K), padded on the left only so
     that a real frame never sees the padding at the end.
 
-    A custom op (forward and backward each one cuDNN / oneDNN convolution kernel) that torch.compile
-    traces as an opaque node: the model compiles as one graph, with no graph break. Inductor's own
-    convolution-backward lowering pinned the sequence length (a recompile per length), and writing the
-    convolution as K shifted multiply-adds took over 10 minutes to compile at dim 192. The weight is cast
+    The convolution itself is a custom op (`asl_ray::depthwise_conv1d`, forward and backward each one cuDNN /
+    oneDNN kernel) that torch.compile traces as an opaque node: the model compiles as one graph, with no graph
+    break. Inductor's own convolution-backward lowering pinned the sequence length (a recompile per length),
+    and writing the convolution as K shifted multiply-adds took over 10 minutes to compile at dim 192.
+    The padding and the channels-first layout the kernel reads are made outside the op, where inductor fuses
+    them into the kernel that computes `h`; the output goes back as a transposed view that the next fused
+    kernel reads. Inside the op they were three more launches each way (pad, copy, copy). The weight is cast
     to the input's dtype here because autocast does not reach inside a custom op.
     """
-    return torch.ops.asl_ray.causal_depthwise_conv(h, weight.to(h.dtype))
+    padded = F.pad(h.transpose(1, 2), (weight.shape[-1] - 1, 0))
+    return torch.ops.asl_ray.depthwise_conv1d(padded, weight.to(h.dtype)).transpose(1, 2)
 
 
 class Conv1DBlock(nn.Module):
@@ -253,8 +286,9 @@ class TransformerBlock(nn.Module):
 class GISLRModel(nn.Module):
     def __init__(self, num_classes: int, dim: int = 192, depth: int = 2, num_heads: int = 4,
                  kernel_size: int = 17, drop_path: float = 0.2, attn_dropout: float = 0.2,
-                 late_dropout: float = 0.8, in_channels: int = NUM_FEATURE_CHANNELS):
+                 late_dropout: float = 0.8, in_channels: int = NUM_FEATURE_CHANNELS, label_smoothing: float = 0.0):
         super().__init__()
+        self.label_smoothing = label_smoothing
         self.stem = nn.Linear(in_channels, dim, bias=False)
         self.stem_bn = MaskedBatchNorm(dim)
         # A ModuleList built block by block (no deepcopy, unlike nn.TransformerEncoder): the VRAM
@@ -273,9 +307,14 @@ class GISLRModel(nn.Module):
     def from_config(cls, cfg: TrainConfig, num_classes: int) -> "GISLRModel":
         return cls(num_classes, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                    kernel_size=cfg.kernel_size, drop_path=cfg.drop_path, attn_dropout=cfg.attn_dropout,
-                   late_dropout=cfg.late_dropout)
+                   late_dropout=cfg.late_dropout, label_smoothing=cfg.label_smoothing)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (B, num_classes); with `targets`, the training loss instead (cross-entropy with label
+        smoothing, in fp32), so that a compiled model fuses the loss and its backward into its own graph
+        (as nanoGPT's model does) instead of running them as a dozen eager launches per micro-batch."""
+        if x.shape[-1] == NUM_POSITION_CHANNELS:  # features_on_device: dx/dx2 here, fused into the compiled graph
+            x = motion_features(x, mask)
         x = self.stem_bn(self.stem(x), mask)
         x = x * mask.unsqueeze(-1).to(x.dtype)
         for block in self.blocks:
@@ -283,7 +322,10 @@ class GISLRModel(nn.Module):
         pooled = masked_mean(self.top(x), mask)
         if self.late_dropout_active:
             pooled = self.late_dropout(pooled)
-        return self.classifier(pooled)
+        logits = self.classifier(pooled)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -9,7 +9,7 @@ from torch import nn
 from asl_ray.config import ConfigError, TrainConfig
 from asl_ray.data.dataset import SequenceDataset, make_loader, pad_to_batch_max, participant_split
 from asl_ray.ladder import length_ladder
-from asl_ray.model import GISLRModel
+from asl_ray.model import GISLRModel, causal_depthwise_conv
 from asl_ray.train.runtime import (EagerFallback, Runtime, compile_for, compile_metrics, compile_shape_budget,
                                    maybe_compile)
 
@@ -22,22 +22,28 @@ def _inputs(batch: int, length: int, dtype=torch.float32):
     return h, w
 
 
-def test_causal_conv_op_passes_gradcheck_in_double():
-    h, w = _inputs(2, 9, torch.float64)
-    assert torch.autograd.gradcheck(torch.ops.asl_ray.causal_depthwise_conv, (h, w))
+def _padded(batch: int, length: int, dtype=torch.float32):
+    """The op's own input: channels-first, already padded on the left (length + k - 1 frames)."""
+    h, w = _inputs(batch, length, dtype)
+    return nn.functional.pad(h.detach().transpose(1, 2), (4, 0)).requires_grad_(), w
 
 
-def test_causal_conv_ops_pass_opcheck():
-    h, w = _inputs(2, 9)
-    torch.library.opcheck(torch.ops.asl_ray.causal_depthwise_conv.default, (h, w))
-    grad = torch.randn(2, 9, 6)
-    torch.library.opcheck(torch.ops.asl_ray.causal_depthwise_conv_backward.default, (grad, h.detach(), w.detach()))
+def test_conv_op_passes_gradcheck_in_double():
+    padded, w = _padded(2, 9, torch.float64)
+    assert torch.autograd.gradcheck(torch.ops.asl_ray.depthwise_conv1d, (padded, w))
 
 
-def test_causal_conv_op_matches_torch_conv1d_with_left_padding():
+def test_conv_ops_pass_opcheck():
+    padded, w = _padded(2, 9)
+    torch.library.opcheck(torch.ops.asl_ray.depthwise_conv1d.default, (padded, w))
+    grad = torch.randn(2, 6, 9)
+    torch.library.opcheck(torch.ops.asl_ray.depthwise_conv1d_backward.default, (grad, padded.detach(), w.detach()))
+
+
+def test_causal_conv_matches_torch_conv1d_with_left_padding():
     h, w = _inputs(3, 11)
     ref = nn.functional.conv1d(nn.functional.pad(h.transpose(1, 2), (4, 0)), w, groups=6).transpose(1, 2)
-    out = torch.ops.asl_ray.causal_depthwise_conv(h, w)
+    out = causal_depthwise_conv(h, w)
     torch.testing.assert_close(out, ref)
     gh, gw = torch.autograd.grad(out.square().sum(), (h, w))
     rh, rw = torch.autograd.grad(ref.square().sum(), (h, w))
@@ -176,7 +182,7 @@ def test_flop_counter_counts_the_custom_conv_like_a_torch_convolution():
     from torch.utils.flop_counter import FlopCounterMode
     h, w = _inputs(2, 50)
     with FlopCounterMode(display=False) as ours:
-        out = torch.ops.asl_ray.causal_depthwise_conv(h, w)
+        out = causal_depthwise_conv(h, w)
     with FlopCounterMode(display=False) as torchs:
         nn.functional.conv1d(nn.functional.pad(h.transpose(1, 2), (4, 0)), w, groups=6)
     assert ours.get_total_flops() == torchs.get_total_flops() > 0
@@ -211,3 +217,16 @@ def test_compiled_model_with_foreach_accumulation_and_host_step_radam_trains_lik
         trained.append(model)
     for (name, a), b in zip(trained[1].named_parameters(), trained[0].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compiled_drop_path_keeps_whole_samples_at_its_rate_and_rescales_them():
+    """Compiled, DropPath draws its keep mask with torch.rand inside the fused kernel (eager: bernoulli_)."""
+    from asl_ray.model import DropPath
+    torch._dynamo.reset()
+    drop = torch.compile(DropPath(0.25).train())
+    out = drop(torch.ones(4000, 3, 2))
+    per_sample = out.flatten(1)
+    assert torch.equal(per_sample.amin(1), per_sample.amax(1))  # a sample is kept or dropped whole
+    torch.testing.assert_close(per_sample[:, 0].unique(), torch.tensor([0.0, 1 / 0.75]))
+    kept = (per_sample[:, 0] > 0).double().mean().item()
+    assert abs(kept - 0.75) < 4 * (0.75 * 0.25 / 4000) ** 0.5

@@ -64,8 +64,9 @@ def test_motion_features_on_device_equal_the_host_features_bit_for_bit():
         sent = pad_to_batch_max([(F.sequence_positions(p), 0) for p in points], length, positions_only=True)
         assert sent.x.shape[-1] == 236 and sent.x.numel() * 3 == host.x.numel()
         on_device = sent.to(torch.device("cpu"))
-        assert on_device.x.shape == host.x.shape and not on_device.positions_only
-        assert torch.equal(on_device.x, host.x) and torch.equal(on_device.mask, host.mask)
+        assert on_device.positions_only and torch.equal(on_device.mask, host.mask)
+        features = F.motion_features(on_device.x, on_device.mask)
+        assert features.shape == host.x.shape and torch.equal(features, host.x)
 
 
 def _first_batches(cache, cfg, epochs=2):
@@ -84,8 +85,11 @@ def test_features_on_device_through_the_loader_equal_the_host_path(synth_cache):
     cfg = TrainConfig(batch_size=8, num_workers=0, max_len=64)
     host = _first_batches(synth_cache, cfg, epochs=1)[0]
     device = _first_batches(synth_cache, cfg.with_overrides({"features_on_device": True}), epochs=1)[0]
+    model = GISLRModel(10, dim=32, depth=1).eval()
     for a, b in zip(host, device):
-        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+        assert b.positions_only and torch.equal(F.motion_features(b.x, b.mask), a.x) and torch.equal(a.y, b.y)
+        # the model takes the positions and computes the same features itself
+        torch.testing.assert_close(model(b.x, b.mask), model(a.x, a.mask), rtol=0, atol=0)
 
 
 def test_persistent_workers_see_each_new_epoch(synth_cache):

@@ -104,3 +104,14 @@ def test_compiled_model_does_not_recompile_for_new_lengths():
             out = compiled(x, mask)
             out.sum().backward()
             torch.testing.assert_close(out, model(x, mask), rtol=1e-4, atol=1e-4)
+
+
+def test_with_targets_the_model_returns_its_label_smoothed_loss_in_fp32():
+    torch.manual_seed(0)
+    model = GISLRModel(7, dim=32, depth=1, label_smoothing=0.25).eval()
+    x, mask, y = torch.randn(3, 12, 708), torch.ones(3, 12, dtype=torch.bool), torch.tensor([0, 3, 6])
+    logits = model(x, mask)
+    loss = model(x, mask, y)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.25))
+    assert not torch.allclose(loss, torch.nn.functional.cross_entropy(logits, y))  # the smoothing is applied

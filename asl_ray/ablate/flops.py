@@ -127,7 +127,7 @@ def count_flops_per_sample(cfg: TrainConfig, cache: SequenceCache, batches: int 
     forward = total = 0
     samples = padded = real = 0
     for batch in islice(loader, batches):
-        batch = batch.to(torch.device("cpu"))  # features_on_device: the model's 708 features, as the loop
+        batch = batch.to(torch.device("cpu"))  # as the loop: features_on_device batches hold positions, the model computes the 708
         with flop_counter() as fwd:
             logits = model(batch.x, batch.mask)
         with flop_counter() as bwd:

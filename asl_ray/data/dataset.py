@@ -72,7 +72,7 @@ class SequenceDataset(Dataset):
             points = augment(points, self.cfg, rng)
         else:
             points = F.crop_frames(points, self.cfg.max_len, None)
-        # features_on_device: positions only; dx/dx2 are computed after the copy (Batch.to).
+        # features_on_device: positions only; the model computes dx/dx2 on the device (GISLRModel.forward).
         feats = F.sequence_positions(points) if self.cfg.features_on_device else F.sequence_features(points)
         return feats, int(self.cache.labels[idx])
 
@@ -82,13 +82,11 @@ class Batch:
     x: torch.Tensor  # (B, L, 708) features, zero on padded frames (positions_only: (B, L, 236) positions)
     mask: torch.Tensor  # (B, L) True on real frames
     y: torch.Tensor  # (B,) labels
-    positions_only: bool = False  # x holds positions; `to` computes the 708 features on the target device
+    positions_only: bool = False  # x holds positions: the model computes the 708 features (GISLRModel.forward)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
-        x, mask = self.x.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking)
-        if self.positions_only:
-            x = F.motion_features(x, mask)
-        return Batch(x, mask, self.y.to(device, non_blocking=non_blocking))
+        return Batch(self.x.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking),
+                     self.y.to(device, non_blocking=non_blocking), self.positions_only)
 
     def pin_memory(self) -> "Batch":
         return Batch(self.x.pin_memory(), self.mask.pin_memory(), self.y.pin_memory(), self.positions_only)

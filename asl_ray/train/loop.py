@@ -49,11 +49,10 @@ class TrainStep:
     accumulation boundary unscale -> clip -> step -> update -> zero_grad."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 runtime: Runtime, cfg: TrainConfig, schedule=None, criterion: Optional[nn.Module] = None):
+                 runtime: Runtime, cfg: TrainConfig, schedule=None):
         self.model, self.optimizer, self.scaler, self.runtime = model, optimizer, scaler, runtime
         self.schedule, self.clip = schedule, cfg.gradient_clip_val
         self.clip_foreach = True if cfg.foreach_optimizer else None  # None: torch's default (foreach on CUDA)
-        self.criterion = criterion or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.faults = FaultInjector(cfg)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.backward = make_accumulation(self.params, cfg.foreach_grad_accumulation)
@@ -72,8 +71,7 @@ class TrainStep:
         step = self.attempted_steps + 1
         self.faults.before_forward(step)
         with self.runtime.autocast():
-            logits = self.model(batch.x, batch.mask)
-            loss = self.criterion(logits.float(), batch.y)
+            loss = self.model(batch.x, batch.mask, batch.y)  # the model's own loss: compiled, in its graph
         loss = self.faults.poison_loss(loss, step)
         # Dividing by the window (not always by accumulation steps) keeps the last, partial window of
         # an epoch an average too.

@@ -108,7 +108,7 @@ from asl_ray.vram.shapes import drawn_lengths
 
 log = logging.getLogger(__name__)
 
-ESTIMATOR_VERSION = 3
+ESTIMATOR_VERSION = 4
 """Bump when the method changes: cached estimates of other versions are ignored."""
 
 # ================================================================================================
