@@ -223,7 +223,9 @@ def causal_depthwise_conv(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     to the input's dtype here because autocast does not reach inside a custom op.
     """
     padded = F.pad(h.transpose(1, 2), (weight.shape[-1] - 1, 0))
-    return torch.ops.asl_ray.depthwise_conv1d(padded, weight.to(h.dtype)).transpose(1, 2)
+    out = torch.ops.asl_ray.depthwise_conv1d(padded, weight.to(h.dtype)).transpose(1, 2)
+    # Eager, one copy to (B, L, C) here saves two: BatchNorm reshapes its input forward and backward.
+    return out if torch.compiler.is_compiling() else out.contiguous()
 
 
 class Conv1DBlock(nn.Module):
