@@ -180,6 +180,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="applied to both configs")
     p.add_argument("--only-config", choices=("seed default", "small CPU"), default=None)
+    p.add_argument("--only-variants", default=None, metavar="NAME,NAME",
+                   help="comma-separated variant names (default: all; 'today' is always kept, the ratios need it)")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     return p
 
@@ -195,7 +197,14 @@ def main(argv=None, with_compile: bool = False, stem: str = "launches") -> int:
     if args.only_config:
         bases = {args.only_config: bases[args.only_config]}
     runtime = Runtime.create(seed_default)
-    table = run_table(bases, variants(with_compile or args.compile), cache, runtime, args.steps, args.repeats)
+    vs = variants(with_compile or args.compile)
+    if args.only_variants:
+        wanted = {"today", *(n.strip() for n in args.only_variants.split(","))}
+        unknown = wanted - set(vs)
+        if unknown:
+            p.error(f"--only-variants: unknown {', '.join(sorted(unknown))}; known: {', '.join(vs)}")
+        vs = {n: o for n, o in vs.items() if n in wanted}
+    table = run_table(bases, vs, cache, runtime, args.steps, args.repeats)
     dev = device_name(runtime)
     print_table(table, dev, runtime.precision, args.steps, args.repeats)
     write(table, runtime, dev, args, argv, stem)

@@ -107,3 +107,24 @@ def test_profiler_counts_inductor_kernels_and_extern_matmuls():
         count = profiled_kernels(lambda: (fn(x, w), (8, 1))[1], torch.device("cpu"))
     fused = [name for name in count.ops if "cpp_fused" in name]
     assert count.ops.get("aten::mm") == 1 and len(fused) == 1 and count.launches() == 2, count.ops
+
+
+@pytest.mark.slow
+def test_the_launch_bench_runs_only_the_variants_asked_for_and_writes_their_counts(synth_root, tmp_path):
+    """`python bench/launches.py --only-variants ...`, as a user runs it: today is kept (the ratios need it)."""
+    import json
+    import subprocess
+    import sys
+    from conftest import REPO
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "launches.py"), "--data", str(synth_root),
+                          "--only-config", "small CPU", "--only-variants", "host_step_counts", "--repeats", "0",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    written = json.loads(next(tmp_path.glob("launches-*.json")).read_text())
+    variants = written["results"]["small CPU"]["variants"]
+    assert set(variants) == {"today", "host_step_counts"}
+    # host-side step counts remove RAdam's .item() calls: fewer launches, counted, not timed
+    assert variants["host_step_counts"]["launches_per_sample"] < variants["today"]["launches_per_sample"]
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "launches.py"), "--only-variants", "nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--only-variants: unknown nope" in bad.stderr
