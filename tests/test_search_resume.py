@@ -3,6 +3,7 @@ one is mid-fit, then --resume: nothing finished runs again, the interrupted tria
 checkpoint and ends ok with all its epochs, each counted once, and the study has no duplicate or orphan trials."""
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -16,8 +17,11 @@ import pytest
 
 from conftest import REPO, write_search_space
 
-EPOCHS = 16  # long enough that a trial is mid-fit for more than Tune's 10 s between saved states
-STEPS = 40  # a few seconds an epoch: the interrupt lands while the Train run is still training
+# The first search saves Tune's experiment state every second (TUNE_GLOBAL_CHECKPOINT_S; the search's own
+# default is 10 s), so a SIGKILL need not wait long for a saved state that holds the mid-fit trial.
+CHECKPOINT_S = "1"
+EPOCHS = 7  # a trial is mid-fit (an epoch reported, three or more to go) for four epochs, many CHECKPOINT_S
+STEPS = 40  # about two seconds an epoch: the interrupt lands while the Train run is still training
 
 pytestmark = pytest.mark.slow
 
@@ -84,14 +88,15 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root
            "--cache-dir", str(synth_cache.path.parent), "--storage-path", str(tmp_path / "runs"), "--name", "r"]
     root = tmp_path / "runs" / "r"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": CHECKPOINT_S})
         deadline, first_finished, mid_fit = time.time() + 600, None, ""
         while time.time() < deadline and proc.poll() is None:
             finished = {t.user_attrs["ray_trial_id"] for t in _finished_trials(root / "optuna.db", "r")}
             first_finished = first_finished or (time.time() if finished else None)
             mid_fit = _mid_fit_trial(root / "tune", finished) if first_finished else ""
-            # A SIGKILL loses what Tune has not saved yet (it saves its state every 10 s): kill only once
-            # its saved state holds the finished trial as TERMINATED and the mid-fit one as RUNNING.
+            # A SIGKILL loses what Tune has not saved yet (it saves its state every CHECKPOINT_S here): kill
+            # only once its saved state holds the finished trial as TERMINATED and the mid-fit one as RUNNING.
             saved = _saved_trial_states(root / "tune") if mid_fit and stop == signal.SIGKILL else {}
             if mid_fit and (stop != signal.SIGKILL or (saved.get(mid_fit) == "RUNNING" and all(
                     saved.get(t) == "TERMINATED" for t in finished))):
