@@ -230,3 +230,50 @@ def test_compiled_drop_path_keeps_whole_samples_at_its_rate_and_rescales_them():
     torch.testing.assert_close(per_sample[:, 0].unique(), torch.tensor([0.0, 1 / 0.75]))
     kept = (per_sample[:, 0] > 0).double().mean().item()
     assert abs(kept - 0.75) < 4 * (0.75 * 0.25 / 4000) ** 0.5
+
+
+
+# Run in a subprocess: a read out of bounds kills the process, and it should fail this test alone.
+_GUARDED_BATCH_SCRIPT = """
+import ctypes, sys, torch
+from asl_ray.config import TrainConfig
+from asl_ray.model import GISLRModel
+from asl_ray.train.runtime import Runtime, compile_for
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PAGE = 4096
+
+def guarded(values):
+    # The tensor's bytes fill whole pages with an inaccessible page on either side: any read out of bounds faults.
+    n = values.numel() * values.element_size()
+    assert n % PAGE == 0
+    base = libc.mmap(None, n + 2 * PAGE, 3, 0x22, -1, 0)  # PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS
+    assert libc.mprotect(base, PAGE, 0) == 0 and libc.mprotect(base + PAGE + n, PAGE, 0) == 0
+    t = torch.frombuffer((ctypes.c_char * n).from_address(base + PAGE), dtype=values.dtype).view(values.shape)
+    return t.copy_(values)
+
+cfg = TrainConfig(dim=32, depth=1, max_len=64, pad_to="ladder", compile=True, features_on_device=True)
+model = GISLRModel.from_config(cfg, 5).train()
+step = compile_for(model, cfg, Runtime.create(cfg, torch.device("cpu")))
+lengths = torch.randint(1, 65, (64,))
+mask = torch.arange(64) < lengths[:, None]
+positions = torch.randn(64, 64, 236) * mask[..., None]
+loss = step(guarded(positions), guarded(mask), torch.randint(0, 5, (64,)))
+loss.backward()
+print("loss", float(loss.detach()), "compile failed", step.failed)
+"""
+
+
+@pytest.mark.slow
+def test_compiled_features_on_device_read_nothing_outside_the_batch():
+    """features_on_device + compile computes dx/dx2 in the model's first kernel. A batch from a DataLoader worker
+    lives in shared memory mapped to its exact size, and a compiled read of the frames past the end (masked off,
+    but loaded) segfaulted the training process. Here the positions and the mask sit between inaccessible pages."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-c", _GUARDED_BATCH_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"rc {run.returncode}: {run.stderr[-2000:]}"
+    assert "compile failed False" in run.stdout

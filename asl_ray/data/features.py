@@ -72,12 +72,21 @@ def motion_features(positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
     Padding sits at the end, so frame t has a next (next-but-one) real frame exactly where mask[t + 1]
     (mask[t + 2]) is True; elsewhere dx (dx2) is 0, as on the host. IEEE subtraction is exact-rounded on
-    every device, so the differences are the host's to the bit."""
-    dx = torch.zeros_like(positions)
-    dx2 = torch.zeros_like(positions)
-    dx[:, :-1] = torch.where(mask[:, 1:, None], positions[:, 1:] - positions[:, :-1], 0.0)
-    dx2[:, :-2] = torch.where(mask[:, 2:, None], positions[:, 2:] - positions[:, :-2], 0.0)
-    return torch.cat([positions, dx, dx2], dim=-1).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    every device, so the differences are the host's to the bit.
+
+    The frames ahead are read through `torch.roll`, whose index wraps, not through slices: compiled for the
+    CPU, inductor fuses `positions[:, k:]` into a kernel that still loads the out-of-range frames it then
+    masks off, past the end of `positions`. A batch from a DataLoader worker lives in shared memory mapped to
+    its exact size, so that read segfaulted (tests/test_compile.py)."""
+    length = positions.shape[1]
+    frame = torch.arange(length, device=positions.device)
+
+    def difference_ahead(k: int) -> torch.Tensor:
+        has_frame_ahead = torch.roll(mask, -k, 1) & (frame < length - k)
+        return torch.where(has_frame_ahead.unsqueeze(-1), torch.roll(positions, -k, 1) - positions, 0.0)
+
+    return torch.cat([positions, difference_ahead(1), difference_ahead(2)], dim=-1).nan_to_num_(
+        nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def sequence_features(points: np.ndarray) -> np.ndarray:
