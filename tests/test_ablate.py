@@ -18,7 +18,7 @@ from conftest import expect_bad_input, tiny_config
 
 SEED_DEFAULT_VARIANTS = ["fp32", "bf16", "accum=1", "compile=on", "cudnn.benchmark=off", "pinned+non_blocking=off",
                          "workers=0", "workers=2", "empty_cache=every50", "pad=max_len", "bucketing=on",
-                         "pad=ladder", "compile+ladder", "compile=reduce-overhead", "foreach_optimizer=on", "features_on_device=on", "persistent_workers=on",
+                         "pad=ladder", "compile+ladder", "compile=reduce-overhead", "foreach_optimizer=on", "features_on_device=on", "persistent_workers=off",
                          "host_step_counts=off", "foreach_grad_accumulation=on"]
 
 
