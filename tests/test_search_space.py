@@ -42,7 +42,7 @@ def test_shipped_spaces_include_the_required_ones():
     names = {p.name for p in SPACES}
     assert {"rtx4070.yaml", "cpu-smoke.yaml", "presets.yaml"} <= names
     rtx = load_space(REPO / "search_spaces" / "rtx4070.yaml")
-    assert rtx.param_names() == ["effective_batch_size", "dim", "depth", "max_len", "lr_per_64"]
+    assert rtx.param_names() == ["effective_batch_size", "dim", "depth", "max_len", "lr_per_64", "length_bucketing"]
     assert rtx.plan_names() == ["batch_size", "gradient_accumulation_steps", "precision", "compile"]
     assert rtx.baseline_names == ("default", "fast", "large", "memory-saving")
     # Each preset pins its own micro-batch; its effective batch is its batch x accumulation.
