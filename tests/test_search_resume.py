@@ -63,7 +63,7 @@ def _mid_fit_trial(tune_dir: Path, finished: set) -> str:
     """The Tune trial that has reported at least one epoch, with three or more still to run ('' if none)."""
     for progress in tune_dir.glob("*/progress.csv"):
         try:
-            rows = pd.read_csv(progress)
+            rows = pd.read_csv(progress, dtype={"trial_id": str})  # "65515353" is a trial id, not a number
         except Exception:  # empty, or being written
             continue
         if 0 < len(rows) <= EPOCHS - 3 and rows["trial_id"].iloc[0] not in finished:
