@@ -61,6 +61,9 @@ class TrainConfig:
     """Participant-grouped folds; validation uses the signers of `fold`."""
     fold: int = 0
     """Which participant fold is held out for validation."""
+    split_seed: int = 42
+    """Seed of the shuffle that deals the signers into folds: which people `fold` holds out depends on this alone,
+    never on `seed`, so runs with other seeds are scored on the same signers (paired comparisons)."""
 
     # ---- augmentations (training only) -------------------------------------------------------
     aug_resample: bool = True
@@ -221,7 +224,8 @@ class TrainConfig:
             positive(name)
         for name in ("late_dropout_start_epoch", "fold", "min_lr", "warmup_epochs", "weight_decay_ratio",
                      "gradient_clip_val", "num_workers", "empty_cache_every", "throughput_warmup_steps",
-                     "max_steps_per_epoch", "inject_oom_at_step", "inject_nan_at_step", "inject_worker_kill_at_epoch",
+                     "max_steps_per_epoch", "split_seed",
+                     "inject_oom_at_step", "inject_nan_at_step", "inject_worker_kill_at_epoch",
                      "inject_worker_kill_in_plan_search", "seed", "cudnn_workspace_cap_mb"):
             non_negative(name)
         for name in ("drop_path", "attn_dropout", "late_dropout", "label_smoothing"):

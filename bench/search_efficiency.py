@@ -1,34 +1,38 @@
-"""Three ways to search one space, on the same data and budget: what each costs, and how good its pick is.
+"""Searching one space three ways, on the same data and budget: what each costs, and how good its pick is.
 
-    python bench/search_efficiency.py [--space search_spaces/cpu-smoke.yaml] [--seeds 0 1 2] [--search-trials N]
-                                      [--retrain-seeds 7001 7002 7003] [--confirm K] [--data DIR] [--reuse]
-                                      [--dry-run]
+    python bench/search_efficiency.py [--space search_spaces/cpu-smoke.yaml] [--seeds 0 1 2 3 4] [--search-trials N]
+                                      [--arms grid two-level [one-level]] [--retrain-folds 0 1]
+                                      [--retrain-seeds 7001 7002 7003] [--confirm K] [--delta 0.02] [--alpha 0.05]
+                                      [--data DIR] [--reuse] [--dry-run]
 
 Every arm runs the real `python -m asl_ray.search`, one after another, each in its own process group (its
-own local Ray), into runs/search-efficiency/<arm>/:
+own local Ray), into runs/search-efficiency/<arm>/, with the space's own confirmation stage (as shipped; --confirm
+K overrides its seeds):
   grid             the exhaustive grid over the product space: `sampler: grid`, `scheduler: fifo` and
                    `plan_search: {mode: optuna}`, so every micro-batch x learning config is one trial, every
                    epoch (points whose micro-batch does not divide the effective batch are not points).
-  one-level-s<k>   today's design: `--plan-search optuna` (Optuna samples the micro-batch too), TPE + ASHA,
-                   the space's seed k.
-  two-level-s<k>   the default: Optuna + ASHA over the learning knobs; each trial measures its plans first.
-Both search arms get N trials (default: the space's budget.trials) and the space's epochs and rungs; every arm
-runs with `--confirm K` (default 0: off; with K > 0 the confirmation runs are part of the arm's cost).
-Seeds are interleaved (one-level s0, two-level s0, one-level s1, ...) so a load drift falls on both alike.
+  two-level-s<k>   the default: Optuna + ASHA over the learning knobs; each trial measures its plans first; the
+                   space's seed k.
+  one-level-s<k>   (with --arms ... one-level) `--plan-search optuna`: Optuna samples the micro-batch too.
+Seeds are interleaved (two-level s0, one-level s0, two-level s1, ...) so a load drift falls on all alike.
 
-Cost: trial-seconds = Tune's time_total_s summed over the trials an arm launched (start-up included: what a
-user pays), beside each arm's wall time. Pick: the arm's recommendation under the noise-aware rule
-(`asl_ray.search.select.select_best(trials, Selection(), confirmations)`), i.e. its best_config.yaml. Quality:
-never the pick's own trial (a winner's accuracy is biased upwards by its selection), but its best_config.yaml
-re-trained with fresh seeds (`python -m asl_ray.train --config <arm>/best_config.yaml --set seed=S`), the same
-seeds for every arm: mean +- sd, SE = max(sd, the binomial SE of one run) / sqrt(runs). A search arm's
-quality over its search seeds: the mean of its picks' means, SE = max(their sd / sqrt(K), sqrt(sum SE^2) / K).
-Goal: the two-level pick is not credibly below the grid's (grid mean - two-level mean <= z sqrt(SE^2 + SE^2),
-z = the noise-aware rule's 1.645) for at most a quarter of the grid's trial-seconds, and it costs fewer
-trial-seconds than the one-level search for a pick not credibly below the one-level one. Prints a table and
-writes bench/results/search_efficiency-<device>.json. Scoring (cost, pick, quality, verdicts) lives in
-bench/search_efficiency_scoring.py; this file runs the arms and the re-trainings. `--reuse` reuses finished arms and re-trainings;
-`--dry-run` writes the arms' space files and prints every command without running any.
+Cost: trial-seconds = Tune's time_total_s summed over the trials an arm launched (start-up and plan probes
+included) plus its confirmation runs': what a user pays; beside it each arm's wall time and the probes' share.
+Pick: the arm's recommendation (its best_config.yaml, checked against `select_best`). Quality is never the
+pick's own trial or confirmation (both selected it): every pick is re-trained on the same (fold, seed) pairs
+(`--retrain-folds` x `--retrain-seeds`, seeds no search or confirmation uses; `python -m asl_ray.train --config
+<arm>/best_config.yaml --set fold=F --set seed=S`, one thread, one at a time), and scored on both axes against
+the grid's pick with paired differences: accuracy (pick - grid) and log samples/s (pick / grid), per pair. Per
+search seed the comparison is paired over the pairs; an arm's is over its search seeds (each seed one unit, t on
+seeds - 1 dof: which config a search lands on is part of its noise).
+Goal: the two-level pick is equivalent to or better than the grid's pick on accuracy (one-sided lower bound of the
+difference above -delta), at least as fast (the speed ratio's lower bound at least 1 - 5%), for at most 30% of
+the grid's trial-seconds, every stage included. Also: the rank correlation of ASHA's first rung with the last
+epoch over the grid's trials (every one ran every epoch), the noise the re-trainings measured, and the error rates
+asl_ray/search/decision_sim.py predicts for the space's design at that noise beside those the re-trainings show.
+Prints a table and writes bench/results/search_efficiency-<device>.json. Scoring lives in
+bench/search_efficiency_scoring.py; this file runs the arms and the re-trainings. `--reuse` reuses finished arms and
+re-trainings; `--dry-run` writes the arms' space files and prints every command without running any.
 """
 from __future__ import annotations
 
@@ -59,8 +63,8 @@ from asl_ray.search.space import SearchSpace, load_space  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_efficiency_scoring import (  # noqa: E402,F401 (the sibling module; names re-exported for tests)
-    GOAL_COST, NOT_LAUNCHED, Quality, _plain, _short, credibly_below, matches_pick, pick_of, pooled, quality,
-    trial_seconds, verdicts)
+    GOAL_COST, NOT_LAUNCHED, Comparison, Retrained, compare, confirm_seconds, matches_pick, measured_noise,
+    observed_rates, over_seeds, pick_of, probe_seconds, retrained, search_seconds, short, trial_seconds, verdicts)
 
 WALL_FILE = "arm_wall.json"
 
@@ -68,7 +72,7 @@ WALL_FILE = "arm_wall.json"
 @dataclasses.dataclass(frozen=True)
 class Arm:
     name: str
-    """Its experiment name under --storage-path: grid, one-level-s<k>, two-level-s<k>."""
+    """Its experiment name under --storage-path: grid, two-level-s<k>, one-level-s<k>."""
     kind: str
     """grid | one-level | two-level."""
     seed: Optional[int]
@@ -113,7 +117,8 @@ def runnable_points(space: SearchSpace) -> int:
     return count
 
 
-def plan_arms(space_path: Path, storage: Path, seeds: Sequence[int], search_trials: int) -> list[Arm]:
+def plan_arms(space_path: Path, storage: Path, seeds: Sequence[int], search_trials: int,
+              kinds: Sequence[str] = ("two-level",)) -> list[Arm]:
     """Writes each arm's space file; returns the arms in the order they run."""
     product = load_space(space_path).with_plan_search_mode("optuna")
     grid_file = arm_space(space_path, storage, "grid-space", sampler="grid", scheduler="fifo",
@@ -121,30 +126,31 @@ def plan_arms(space_path: Path, storage: Path, seeds: Sequence[int], search_tria
     arms = [Arm("grid", "grid", None, grid_file)]
     trials = search_trials or load_space(space_path).budget.trials
     for seed in seeds:
-        for kind in ("one-level", "two-level"):
+        for kind in kinds:
             name = f"{kind}-s{seed}"
             arms.append(Arm(name, kind, seed, arm_space(space_path, storage, f"{name}-space", seed=seed,
                                                          trials=trials)))
     return arms
 
 
-def search_command(arm: Arm, storage: Path, data: Path, confirm: int) -> list[str]:
-    """The arm's search; an arm interrupted earlier (its Tune folder exists) is resumed instead."""
+def search_command(arm: Arm, storage: Path, data: Path, confirm: Optional[int]) -> list[str]:
+    """The arm's search (its space's confirmation stage unless `confirm` says otherwise); an arm interrupted earlier
+    (its Tune folder exists) is resumed instead."""
     if (storage / arm.name / "tune").exists():
         return [sys.executable, "-m", "asl_ray.search", "--storage-path", str(storage), "--name", arm.name,
                 "--resume"]
     return [sys.executable, "-m", "asl_ray.search", "--space", str(arm.space), "--storage-path", str(storage),
-            "--name", arm.name, "--data", str(data), "--select", "noise-aware", "--confirm", str(confirm),
-            *arm.search_flags()]
+            "--name", arm.name, "--data", str(data), "--select", "noise-aware",
+            *(["--confirm", str(confirm)] if confirm is not None else []), *arm.search_flags()]
 
 
-def retrain_command(config: Path, data: Path, seed: int, out: Path) -> list[str]:
+def retrain_command(config: Path, data: Path, fold: int, seed: int, out: Path) -> list[str]:
     return [sys.executable, "-m", "asl_ray.train", "--data", str(data), "--config", str(config),
-            "--set", f"seed={seed}", "--out", str(out)]
+            "--set", f"fold={fold}", "--set", f"seed={seed}", "--out", str(out)]
 
 
-def retrain_dir(storage: Path, arm: Arm, seed: int) -> Path:
-    return storage / arm.name / f"retrain-s{seed}"
+def retrain_dir(storage: Path, arm: Arm, fold: int, seed: int) -> Path:
+    return storage / arm.name / f"retrain-f{fold}-s{seed}"
 
 
 # ---- running --------------------------------------------------------------------------------------------
@@ -159,7 +165,7 @@ class ArmRun:
     """The whole arm: Ray start, trial start/teardown, confirmation and reports included."""
 
 
-def run_arm(arm: Arm, storage: Path, data: Path, confirm: int, reuse: bool) -> ArmRun:
+def run_arm(arm: Arm, storage: Path, data: Path, confirm: Optional[int], reuse: bool) -> ArmRun:
     root = storage / arm.name
     if not (reuse and (root / "trials.parquet").exists() and (root / "best_config.yaml").exists()):
         cmd = search_command(arm, storage, data, confirm)
@@ -204,34 +210,37 @@ def arm_wall_seconds(arm: Path) -> float:
     return (arm / "trials.parquet").stat().st_mtime - (arm / "search_args.json").stat().st_mtime
 
 
-def retrain(arm: Arm, storage: Path, data: Path, seeds: Sequence[int], reuse: bool,
+def retrain(arm: Arm, storage: Path, data: Path, pairs: Sequence[tuple[int, int]], reuse: bool,
             done: dict[tuple, dict]) -> list[dict]:
-    """The arm's best_config.yaml trained once per seed. `done` (config without its seed, seed) -> run is
-    shared by the arms: a config two arms picked is trained once per seed."""
+    """The arm's best_config.yaml trained once per (fold, seed) pair. `done` (config without its fold and seed,
+    fold, seed) -> run is shared by the arms: a config two arms picked is trained once per pair."""
     config = storage / arm.name / "best_config.yaml"
     if not config.exists():
         print(f"[{arm.name}] no best_config.yaml (no trial finished): nothing to re-train", flush=True)
         return []
-    key = tuple(sorted((k, v) for k, v in load_config_yaml(config).to_dict().items() if k != "seed"))
+    key = tuple(sorted((k, v) for k, v in load_config_yaml(config).to_dict().items() if k not in ("seed", "fold")))
     runs = []
-    for seed in seeds:
-        if (key, seed) in done:
-            runs.append({**done[key, seed], "same_as": done[key, seed]["arm"]})
+    for fold, seed in pairs:
+        if (key, fold, seed) in done:
+            runs.append({**done[key, fold, seed], "same_as": done[key, fold, seed]["arm"]})
             continue
-        out = retrain_dir(storage, arm, seed)
+        out = retrain_dir(storage, arm, fold, seed)
         if not (reuse and (out / "result.json").exists()):
             if out.exists():
                 shutil.rmtree(out)  # a partial run of this bench's own (train refuses a used --out)
-            cmd = retrain_command(config, data, seed, out)
+            cmd = retrain_command(config, data, fold, seed, out)
             print(f"[{arm.name}] {' '.join(cmd[1:])}", flush=True)
             # One thread, as the trials' Ray workers run (1 CPU each): two OpenMP threads on a busy 2-core
             # machine fell to 9-15 samples/s from ~300. 3: the run ended infeasible (OOM, diverged): it still scores.
             run_own_session(cmd, allowed=(0, 3), env={**os.environ, "OMP_NUM_THREADS": "1"})
         result = json.loads((out / "result.json").read_text())
-        run = {"arm": arm.name, "seed": seed, "status": result.get("status", "ok"),
-               "val_acc": float(result.get("val_acc", 0.0)) if result.get("feasible", True) else 0.0,
-               "val_samples": result.get("val_samples")}
-        done[key, seed] = run
+        feasible = result.get("feasible", True)
+        run = {"arm": arm.name, "fold": fold, "seed": seed, "status": result.get("status", "ok"),
+               "val_acc": float(result.get("val_acc", 0.0)) if feasible else 0.0,
+               "val_samples": result.get("val_samples"),
+               "samples_per_s": float(result.get("samples_per_s_median", result.get("samples_per_s", "nan")))
+               if feasible else float("nan")}
+        done[key, fold, seed] = run
         runs.append(run)
     return runs
 
@@ -241,11 +250,17 @@ def retrain(arm: Arm, storage: Path, data: Path, seeds: Sequence[int], reuse: bo
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default=str(REPO / "search_spaces" / "cpu-smoke.yaml"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="space seeds of the two search arms")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="space seeds of the search arms")
+    p.add_argument("--arms", nargs="+", default=["grid", "two-level"], choices=["grid", "two-level", "one-level"],
+                   help="the grid always runs: every pick is compared with its pick")
     p.add_argument("--search-trials", type=int, default=0, help="trials per search (default: the space's)")
+    p.add_argument("--retrain-folds", type=int, nargs="+", default=[0, 1], help="folds every pick is re-trained on")
     p.add_argument("--retrain-seeds", type=int, nargs="+", default=[7001, 7002, 7003],
-                   help="fresh seeds every pick is re-trained with (no trial or confirmation uses them)")
-    p.add_argument("--confirm", type=int, default=0, help="passed to every arm's search (0: no confirmation)")
+                   help="seeds every pick is re-trained with, on every fold (no trial or confirmation uses them)")
+    p.add_argument("--confirm", type=int, default=None, help="confirmation seeds of every arm (default: the space's)")
+    p.add_argument("--delta", type=float, default=0.02, help="equivalence margin (accuracy, absolute)")
+    p.add_argument("--alpha", type=float, default=0.05, help="one-sided level of every bound")
+    p.add_argument("--replications", type=int, default=4000, help="of the decision simulation")
     p.add_argument("--data", default=None, help=f"data root (default: the synthetic set, {DEFAULT_DATA}, made if missing)")
     p.add_argument("--storage-path", default=str(REPO / "runs" / "search-efficiency"))
     p.add_argument("--reuse", action="store_true", help="reuse arms and re-trainings already finished")
@@ -256,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.confirm < 0 or args.search_trials < 0:
+    if (args.confirm is not None and args.confirm < 0) or args.search_trials < 0:
         build_parser().error("--confirm and --search-trials must be >= 0")
+    if len(args.retrain_folds) * len(args.retrain_seeds) < 2:
+        build_parser().error("--retrain-folds x --retrain-seeds: at least 2 pairs (a paired spread needs two)")
     space_path, storage = Path(args.space).resolve(), Path(args.storage_path).resolve()
     data = Path(args.data) if args.data else REPO / DEFAULT_DATA
     if not args.dry_run and args.data is None:
@@ -266,76 +283,108 @@ def main(argv=None) -> int:
         open_data_or_fail(None)
     space = load_space(space_path)
     storage.mkdir(parents=True, exist_ok=True)
-    arms = plan_arms(space_path, storage, args.seeds, args.search_trials)
+    kinds = [k for k in ("two-level", "one-level") if k in args.arms]
+    arms = plan_arms(space_path, storage, args.seeds, args.search_trials, kinds)
+    pairs = [(f, s) for f in args.retrain_folds for s in args.retrain_seeds]
     if args.dry_run:
         for arm in arms:
             print(" ".join(search_command(arm, storage, data, args.confirm)))
-            for seed in args.retrain_seeds:
-                print(" ".join(retrain_command(storage / arm.name / "best_config.yaml", data, seed,
-                                               retrain_dir(storage, arm, seed))))
+            for fold, seed in pairs:
+                print(" ".join(retrain_command(storage / arm.name / "best_config.yaml", data, fold, seed,
+                                               retrain_dir(storage, arm, fold, seed))))
         return 0
 
     names = [*space.param_names(), *space.plan_names()]
     commands = {arm.name: search_command(arm, storage, data, args.confirm)[1:] for arm in arms}
     runs = {arm.name: run_arm(arm, storage, data, args.confirm, args.reuse) for arm in arms}
     done: dict[tuple, dict] = {}
-    retrained = {arm.name: retrain(arm, storage, data, args.retrain_seeds, args.reuse, done) for arm in arms}
-    from asl_ray.search.select import Selection
-    z = Selection().z
+    retrains = {arm.name: retrain(arm, storage, data, pairs, args.reuse, done) for arm in arms}
+    picks = {name: retrained(r) for name, r in retrains.items()}
+    grid = picks["grid"]
 
     records = {}
     for arm in arms:
         run = runs[arm.name]
-        records[arm.name] = {"kind": arm.kind, "seed": arm.seed, "trial_seconds": trial_seconds(run),
-                             "wall_seconds": run.wall_seconds,
-                             "trials": int((~run.trials["status"].isin(NOT_LAUNCHED)).sum()),
-                             "pick": pick_of(run, names), "retrain": retrained[arm.name],
-                             "quality": dataclasses.asdict(quality(retrained[arm.name]))}
-        records[arm.name]["best_config_matches_pick"] = matches_pick(storage / arm.name / "best_config.yaml",
-                                                                     records[arm.name]["pick"], names)
+        pick = pick_of(run, names)
+        records[arm.name] = {
+            "kind": arm.kind, "seed": arm.seed, "trial_seconds": trial_seconds(run),
+            "search_seconds": search_seconds(run), "confirm_seconds": confirm_seconds(run),
+            "probe_seconds": probe_seconds(run), "wall_seconds": run.wall_seconds,
+            "trials": int((~run.trials["status"].isin(NOT_LAUNCHED)).sum()), "pick": pick,
+            "best_config_matches_pick": matches_pick(storage / arm.name / "best_config.yaml", pick, names),
+            "retrain": retrains[arm.name], "retrained_mean": picks[arm.name].mean,
+            "retrained_samples_per_s": picks[arm.name].speed,
+            "vs_grid": compare(picks[arm.name], grid).record(args.delta, args.alpha) if arm.kind != "grid" else None}
         if not records[arm.name]["best_config_matches_pick"]:
-            print(f"[{arm.name}] warning: best_config.yaml is not the noise-aware pick "
-                  f"{records[arm.name]['pick']}", flush=True)
-    grid = records["grid"]
-    grid_q = Quality(**grid["quality"])
-    per_seed = {}
-    for seed in args.seeds:
-        one, two = records[f"one-level-s{seed}"], records[f"two-level-s{seed}"]
-        per_seed[seed] = verdicts(grid_q, grid["trial_seconds"], Quality(**two["quality"]), two["trial_seconds"],
-                                  Quality(**one["quality"]), one["trial_seconds"], z)
-    arm_totals = {}
-    for kind in ("one-level", "two-level"):
-        mine = [records[f"{kind}-s{s}"] for s in args.seeds]
-        arm_totals[kind] = {"quality": pooled([Quality(**r["quality"]) for r in mine]),
-                            "trial_seconds": statistics.fmean(r["trial_seconds"] for r in mine),
-                            "wall_seconds": statistics.fmean(r["wall_seconds"] for r in mine)}
-    overall = verdicts(grid_q, grid["trial_seconds"], arm_totals["two-level"]["quality"],
-                       arm_totals["two-level"]["trial_seconds"], arm_totals["one-level"]["quality"],
-                       arm_totals["one-level"]["trial_seconds"], z)
+            print(f"[{arm.name}] warning: best_config.yaml is not the rule's pick {pick}", flush=True)
+    grid_cost = records["grid"]["trial_seconds"]
+    totals = {}
+    for kind in kinds:
+        mine = [a.name for a in arms if a.kind == kind]
+        overall = over_seeds([compare(picks[name], grid) for name in mine])
+        cost = statistics.fmean(records[name]["trial_seconds"] for name in mine)
+        wall = statistics.fmean(records[n]["wall_seconds"] for n in mine)
+        totals[kind] = {"trial_seconds": cost, "wall_seconds": wall,
+                        "vs_grid": overall.record(args.delta, args.alpha),
+                        "goal": verdicts(overall, cost, grid_cost, args.delta, args.alpha),
+                        "per_seed_goal": {records[n]["seed"]: verdicts(compare(picks[n], grid),
+                                                                       records[n]["trial_seconds"], grid_cost,
+                                                                       args.delta, args.alpha) for n in mine}}
+
+    from asl_ray.search import report
+    from asl_ray.search.decision_sim import Noise, design_of, operating_characteristics
+    rung = space.budget.grace_period
+    rho, behind = report.rung_rank_correlation(runs["grid"].trials, rung)
+    distinct = list({picks[a.name]: picks[a.name] for a in arms if picks[a.name].accs}.values())  # picks, not arms
+    noise = measured_noise(distinct)
+    design = design_of(space, args.search_trials or None, args.confirm)
+    val_samples = int(runs["grid"].trials["val_samples"].dropna().min())
+    simulated = []
+    if all(v == v for v in noise.values()):  # NaN-free: at least two distinct picks were re-trained
+        sim_noise = Noise(own_sd=noise["own_sd"], shared_sd=noise["shared_sd"], val_samples=val_samples,
+                          speed_cv=noise["speed_cv"])
+        simulated = [dataclasses.asdict(r) for r in operating_characteristics(
+            design, sim_noise, args.delta, args.alpha, args.replications)]
+    observed = {kind: observed_rates(picks, [a.name for a in arms if a.kind == kind], args.delta) for kind in kinds}
 
     rows = []
     for name, r in records.items():
-        q = Quality(**r["quality"])
-        pick = r["pick"]
+        vs = r["vs_grid"] or {}
         rows.append({"arm": name, "trials": r["trials"], "trial_s": r["trial_seconds"],
-                     "cost": r["trial_seconds"] / grid["trial_seconds"], "wall_s": r["wall_seconds"],
-                     "pick": _short(pick, names),
-                     "own acc": f"{pick['acc_mean']:.3f} +- {pick['acc_se']:.3f}" if pick else "-",
-                     "retrained": q.text(), "below grid": credibly_below(q, grid_q, z) if name != "grid" else ""})
-    for kind, t in arm_totals.items():
-        rows.append({"arm": f"{kind} (mean of {len(args.seeds)})", "trials": "", "trial_s": t["trial_seconds"],
-                     "cost": t["trial_seconds"] / grid["trial_seconds"], "wall_s": t["wall_seconds"], "pick": "",
-                     "own acc": "", "retrained": t["quality"].text(),
-                     "below grid": credibly_below(t["quality"], grid_q, z)})
+                     "cost": r["trial_seconds"] / grid_cost, "probe_s": r["probe_seconds"],
+                     "confirm_s": r["confirm_seconds"], "wall_s": r["wall_seconds"], "pick": short(r["pick"], names),
+                     "retrained": picks[name].text(), "samples/s": picks[name].speed,
+                     "acc - grid [low]": f"{vs['accuracy_diff']:+.3f} [{_num(vs['accuracy_diff_low'])}]" if vs else "",
+                     "speed / grid [low]": f"x{vs['speed_ratio']:.2f} [{_num(vs['speed_ratio_low'])}]" if vs else ""})
+    for kind, t in totals.items():
+        vs = t["vs_grid"]
+        rows.append({"arm": f"{kind} (over {len(args.seeds)} seeds)", "trials": "", "trial_s": t["trial_seconds"],
+                     "cost": t["trial_seconds"] / grid_cost, "probe_s": "", "confirm_s": "",
+                     "wall_s": t["wall_seconds"],
+                     "pick": "", "retrained": "", "samples/s": "",
+                     "acc - grid [low]": f"{vs['accuracy_diff']:+.3f} [{_num(vs['accuracy_diff_low'])}]",
+                     "speed / grid [low]": f"x{vs['speed_ratio']:.2f} [{_num(vs['speed_ratio_low'])}]"})
     table = pd.DataFrame(rows)
     print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"\nquality: each pick's best_config.yaml re-trained with seeds {args.retrain_seeds}; 'below grid': "
-          f"credibly below the grid's pick (one-sided z {z:g})")
-    print(f"goal: two-level not credibly below the grid ({'yes' if overall['two_level_not_credibly_below_grid'] else 'NO'})"
-          f", for <= {GOAL_COST:.2f} of its trial-seconds ({overall['two_level_cost_fraction']:.2f}), and cheaper than "
-          f"one-level for a pick as good ({'yes' if overall['two_level_cheaper_than_one_level_for_as_good'] else 'NO'})"
-          f": {'met' if overall['goal_met'] else 'MISSED'}; per search seed: "
-          + ", ".join(f"s{s} {'met' if v['goal_met'] else 'missed'}" for s, v in per_seed.items()))
+    print(f"\nquality: every pick re-trained on the same {len(pairs)} (fold, seed) pairs {pairs}; [low]: one-sided "
+          f"{1 - args.alpha:.0%} lower bound (per seed over the pairs, per arm over the seeds)")
+    for kind, t in totals.items():
+        g = t["goal"]
+        print(f"goal ({kind}): equivalent or better than the grid's pick within delta {args.delta} "
+              f"({'yes' if g['equivalent_or_better'] else 'NO'}), at least as fast "
+              f"({'yes' if g['at_least_as_fast'] else 'NO'}), "
+              f"for <= {GOAL_COST:.2f} of its trial-seconds ({g['cost_fraction']:.2f}): "
+              f"{'met' if g['goal_met'] else 'MISSED'}; per search seed: "
+              + ", ".join(f"s{s} {'met' if v['goal_met'] else 'missed'}" for s, v in t["per_seed_goal"].items()))
+    print(f"ASHA's first rung (epoch {rung}) vs the last epoch over the grid's {behind} trials: Spearman {rho:+.2f}")
+    print(f"re-trainings' noise: own sd {noise['own_sd']:.4f}, shared sd {noise['shared_sd']:.4f}, speed cv "
+          f"{noise['speed_cv']:.4f} ({len(distinct)} distinct picks)")
+    for r in simulated:
+        print(f"simulated ({r['scenario']}): P(worse by > delta) {r['worse']:.3f}, P(missed faster equivalent) "
+              f"{r['missed']:.3f}")
+    for kind, o in observed.items():
+        print(f"seen ({kind}, {o['arms']} searches, re-trained means as truths): worse {o['worse']:.2f}, "
+              f"missed {o['missed']:.2f}")
 
     trials = runs["grid"].trials
     device = str(trials["device"].dropna().iloc[0]) if "device" in trials and trials["device"].notna().any() else "cpu"
@@ -346,14 +395,22 @@ def main(argv=None) -> int:
     path.write_text(json.dumps({
         "benchmark": "search_efficiency", "date": time.strftime("%Y-%m-%d"), "device": device,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "space": str(args.space),
-        "seeds": args.seeds, "retrain_seeds": args.retrain_seeds, "confirm": args.confirm, "z": z,
-        "goal": {"cost_fraction": GOAL_COST, "overall": overall, "per_seed": per_seed},
-        "arms": records, "means": {k: {**v, "quality": dataclasses.asdict(v["quality"])} for k, v in arm_totals.items()},
-        "commands": commands,
-        "table": table.to_dict(orient="records"),
-    }, indent=1, default=_plain))
+        "seeds": args.seeds, "retrain_pairs": pairs, "confirm": args.confirm, "delta": args.delta,
+        "alpha": args.alpha, "goal_cost_fraction": GOAL_COST, "arms": records, "totals": totals,
+        "asha_rung": {"epoch": rung, "spearman_vs_last_epoch": rho, "grid_trials": behind},
+        "noise": noise, "design": dataclasses.asdict(design), "simulated": simulated, "observed": observed,
+        "commands": commands, "table": table.to_dict(orient="records"),
+    }, indent=1, default=_plain_json))
     print(f"wrote {path}")
     return 0
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _plain_json(v):
+    return v.item() if hasattr(v, "item") else str(v)
 
 
 if __name__ == "__main__":

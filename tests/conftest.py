@@ -64,9 +64,10 @@ def write_search_space(path: Path, *, plan_search: Optional[dict] = None, confir
                        baselines: Optional[list] = None, **budget) -> Path:
     """A two-level search space small enough for CI, on a 0.7 GiB 'card'. Learning params: the effective batch,
     max_len and two test hooks; plans: the micro-batch. The baselines pin their plans: the first fits and trains
-    (8 x 2), the second (64 x 1 at max_len 512) cannot fit, the third runs out of memory at its 2nd optimizer step
-    (16 x 1), the fourth's loss turns NaN at its 2nd step (16 x 2). The plan search times one step per plan (the
-    hooks fire in training, after it); no confirmation runs unless `confirm` asks."""
+    (8 x 2), the second (64 x 1 at max_len 512) cannot fit, the third runs out of memory at its 5th optimizer step
+    (16 x 1: the plan search times 2 to 4 steps per plan, at least 2 for a spread and at most MAX_STEPS_FACTOR x
+    steps, so the OOM fires in training, after it), the fourth's loss turns NaN at its 2nd step (16 x 2: a probe
+    times a NaN loss like any other, training stops on it). No confirmation runs unless `confirm` asks."""
     import yaml
     space = {
         "gpu": 0.7, "headroom_mb": 0, "sampler": "tpe", "scheduler": "asha", "seed": 0,
@@ -76,8 +77,8 @@ def write_search_space(path: Path, *, plan_search: Optional[dict] = None, confir
                   "throughput_warmup_steps": 1},
         "params": {"effective_batch_size": {"type": "categorical", "choices": [16, 32, 64]},
                    "max_len": {"type": "categorical", "choices": [32, 512]},
-                   # Test hooks as searched keys: a trial that runs out of memory / diverges at its 2nd step.
-                   "inject_oom_at_step": {"type": "categorical", "choices": [0, 2]},
+                   # Test hooks as searched keys: a trial that runs out of memory at its 5th step / diverges at its 2nd.
+                   "inject_oom_at_step": {"type": "categorical", "choices": [0, 5]},
                    "inject_nan_at_step": {"type": "categorical", "choices": [0, 2]}},
         "plans": {"batch_size": [8, 16, 64]},
         "plan_search": {"mode": "measure", **SMOKE_PLAN_SEARCH, **(plan_search or {})},
@@ -85,7 +86,7 @@ def write_search_space(path: Path, *, plan_search: Optional[dict] = None, confir
         "baselines": baselines if baselines is not None else [
             {"effective_batch_size": 16, "max_len": 32, "batch_size": 8},
             {"effective_batch_size": 64, "max_len": 512, "batch_size": 64},
-            {"effective_batch_size": 16, "max_len": 32, "inject_oom_at_step": 2, "batch_size": 16},
+            {"effective_batch_size": 16, "max_len": 32, "inject_oom_at_step": 5, "batch_size": 16},
             {"effective_batch_size": 32, "max_len": 32, "inject_nan_at_step": 2, "batch_size": 16}],
     }
     path.write_text(f"# python -m asl_ray.search --space {path.name}\n" + yaml.safe_dump(space, sort_keys=False))

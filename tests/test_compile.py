@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from asl_ray.config import ConfigError, TrainConfig
-from asl_ray.data.dataset import SequenceDataset, make_loader, pad_to_batch_max, participant_split
+from asl_ray.data.dataset import SequenceDataset, make_loader, pad_to_batch_max, split_of
 from asl_ray.ladder import length_ladder
 from asl_ray.model import GISLRModel, causal_depthwise_conv
 from asl_ray.train.runtime import (EagerFallback, Runtime, compile_for, compile_metrics, compile_shape_budget,
@@ -61,7 +61,7 @@ def test_dynamo_traces_the_whole_model_as_one_graph(training):
 def test_every_batch_of_an_epoch_and_of_validation_is_a_ladder_shape(synth_cache):
     cfg = TrainConfig(max_len=64, pad_to="ladder", batch_size=7, num_workers=0, dim=32, depth=1)
     rungs = set(length_ladder(cfg.max_len))
-    train_idx, val_idx = participant_split(synth_cache.participants, cfg.num_folds, cfg.fold, cfg.seed)
+    train_idx, val_idx = split_of(cfg, synth_cache.participants)
     for bucketing in (False, True):
         c = cfg.with_overrides({"length_bucketing": bucketing})
         for idx, train in ((train_idx[:45], True), (val_idx[:40], False)):  # 45 = 6 x 7 + 3, 40 = 5 x 7 + 5

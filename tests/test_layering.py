@@ -13,14 +13,15 @@ PACKAGE = REPO / "asl_ray"
 
 RAY_WIRING = {
     "asl_ray.search.experiment", "asl_ray.search.searcher", "asl_ray.search.driver", "asl_ray.search.trial_worker",
-    "asl_ray.search.confirm", "asl_ray.search.ray_cluster",
+    "asl_ray.search.confirm", "asl_ray.search.ray_cluster", "asl_ray.search.progress",
     "asl_ray.train.worker", "asl_ray.train.ray_run", "asl_ray.train.local_ray",
 }
 """The modules that may import Ray (some are still being written): Tune/Train wiring and the local cluster."""
 
 RAY_FREE = ("asl_ray.data", "asl_ray.model", "asl_ray.config", "asl_ray.vram", "asl_ray.plan", "asl_ray.search.space",
             "asl_ray.search.select", "asl_ray.search.report", "asl_ray.search.results", "asl_ray.search.plots",
-            "asl_ray.search.config", "asl_ray.search.fit_table")
+            "asl_ray.search.config", "asl_ray.search.fit_table", "asl_ray.search.decide", "asl_ray.search.decision_sim",
+            "asl_ray.search.decision_report", "asl_ray.stats")
 """Modules (and packages, every module under them) that must import without Ray, through asl_ray imports too:
 the unit tests and the tools that need no cluster import them. A prefix also matches its siblings by name
 (asl_ray.search.space matches space_yaml)."""

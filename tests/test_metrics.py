@@ -6,7 +6,7 @@ import torch
 
 from asl_ray.train.checkpoint import LocalReporter
 from asl_ray.train.loop import fit
-from asl_ray.train.metrics import MemoryMonitor, format_epoch, memory_text, nvml_index_for
+from asl_ray.train.metrics import MemoryMonitor, format_epoch, memory_text, nvml_index_for, run_speed
 from conftest import tiny_config
 
 # Four GPUs as NVML lists them (PCI bus order, "GPU-" prefix); torch's uuid property has no prefix.
@@ -88,3 +88,15 @@ def test_on_cuda_the_device_figure_is_a_sampled_max_of_this_gpu():
         assert result["device_used_mb_sampled_max"] >= result["cuda_max_reserved_mb"]
         _, total = torch.cuda.mem_get_info(device)
         assert abs(result["device_total_mb"] - total / 2 ** 20) < 1  # the same GPU torch uses
+
+
+def test_a_runs_speed_is_the_median_of_its_epochs_with_their_spread(synth_cache):
+    """One epoch's samples/s is one draw: the run's figure (what rows, Optuna and the report use) is the median over
+    its epochs so far, beside their interquartile range; every epoch's metrics carry both."""
+    speeds = [{"samples_per_s": v} for v in (100.0, 400.0, 200.0, 300.0)]
+    assert run_speed(speeds) == {"samples_per_s_median": 250.0, "samples_per_s_iqr": pytest.approx(150.0)}
+    assert run_speed(speeds[:1])["samples_per_s_median"] == 100.0
+    assert math.isnan(run_speed([])["samples_per_s_median"])
+    assert run_speed([*speeds, {"samples_per_s": float("nan")}])["samples_per_s_median"] == 250.0
+    result = fit(tiny_config(epochs=3, max_steps_per_epoch=2), synth_cache, LocalReporter(None, log=lambda *_: None))
+    assert math.isfinite(result["samples_per_s_median"]) and result["samples_per_s_iqr"] >= 0

@@ -4,6 +4,7 @@ Choices are tested with a fake measurement whose speeds the test sets (never wal
 measurement is run on the tiny config for its contract (finite, positive, an OOM is a status)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -14,12 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy import stats as scipy_stats
 
 from asl_ray.config import ConfigError
 from asl_ray.plan.cache import SPEED_NEUTRAL_KEYS, PlanCache
 from asl_ray.plan.fits import CardFit
-from asl_ray.plan.measure import PlanMeasurement, describe_plan, device_identity, measure_plan
-from asl_ray.plan.search import search_plans
+from asl_ray.plan.measure import (MAX_STEPS_FACTOR, TIMING_CI, PlanMeasurement, describe_plan, device_identity,
+                                  measure_plan)
+from asl_ray.plan.search import credibly_faster, search_plans, simplicity
+from asl_ray.stats import t_quantile
 from asl_ray.train.runtime import Runtime
 from conftest import tiny_config
 
@@ -37,10 +41,12 @@ def always_fits(cfg):
 
 
 class FakeMeasure:
-    """Speeds set by the test per micro-batch; records what it was asked to measure."""
+    """Speeds (and their SEs, default 0.5 samples/s over 8 timed steps: distinct speeds are told apart) set by the
+    test per micro-batch; records what it was asked to measure."""
 
-    def __init__(self, speed_by_batch: dict[int, float], oom_batches=()):
+    def __init__(self, speed_by_batch: dict[int, float], oom_batches=(), se_by_batch=None):
         self.speed_by_batch, self.oom_batches = speed_by_batch, set(oom_batches)
+        self.se_by_batch = se_by_batch or {}
         self.calls: list = []
 
     def __call__(self, cfg, cache, runtime, warmup_steps, steps, plan_keys=(), usable_bytes=None):
@@ -48,7 +54,8 @@ class FakeMeasure:
         oom = cfg.batch_size in self.oom_batches
         return PlanMeasurement(plan=describe_plan(cfg, plan_keys), status="oom" if oom else "ok",
                                samples_per_s=math.nan if oom else self.speed_by_batch[cfg.batch_size],
-                               steps_per_s=1.0, peak_reserved_mb=math.nan, rss_peak_mb=1.0, seconds=0.0,
+                               steps_per_s=1.0, samples_per_s_se=self.se_by_batch.get(cfg.batch_size, 0.5),
+                               steps_timed=0 if oom else 8, peak_reserved_mb=math.nan, rss_peak_mb=1.0, seconds=0.0,
                                device="fake", error="out of memory" if oom else "")
 
 
@@ -69,6 +76,42 @@ def test_the_fastest_measured_plan_is_chosen(synth_cache, tmp_path):
     assert metrics["plan"] == "8x2 precision=fp32" and metrics["plan_samples_per_s"] == 90.0
     assert [r["plan"] for r in json.loads(metrics["plan_runner_ups"])] == ["4x4 precision=fp32", "16x1 precision=fp32"]
     assert (metrics["plans_measured"], metrics["plans_from_cache"], metrics["plans_rejected"]) == (3, 0, 0)
+
+
+def test_plans_within_each_others_noise_are_tied_and_the_simplest_wins(synth_cache, tmp_path):
+    """8x2 is measured 2% faster than 16x1, well inside their spread: tied, and 16x1 (no accumulation) trains."""
+    measure = FakeMeasure({16: 88.0, 8: 90.0, 4: 60.0}, se_by_batch={16: 3.0, 8: 3.0, 4: 0.5})
+    choice = run_search([split(16), split(8), split(4)], synth_cache, PlanCache(tmp_path), measure)
+    assert choice.config.batch_size == 16 and choice.tied == ["8x2 precision=fp32", "16x1 precision=fp32"]
+    metrics = choice.metrics()
+    assert json.loads(metrics["plans_tied"]) == choice.tied and metrics["plan_samples_per_s"] == 88.0
+    half = scipy_stats.t.ppf(0.975, 7) * 3.0
+    assert metrics["plan_samples_per_s_ci"] == pytest.approx(half)
+    # told apart once the spread is small: the fastest trains
+    measure = FakeMeasure({16: 88.0, 8: 90.0, 4: 60.0}, se_by_batch={16: 0.2, 8: 0.2, 4: 0.2})
+    choice = run_search([split(16), split(8), split(4)], synth_cache, PlanCache(tmp_path / "b"), measure)
+    assert choice.config.batch_size == 8 and choice.tied == ["8x2 precision=fp32"]
+    # an unknown spread is never 0: the plans are tied
+    measure = FakeMeasure({16: 50.0, 8: 90.0}, se_by_batch={16: math.nan, 8: math.nan})
+    assert run_search([split(16), split(8)], synth_cache, PlanCache(tmp_path / "c"), measure).config.batch_size == 16
+
+
+def test_compile_is_the_less_simple_plan_when_tied():
+    plain, compiled = split(8), split(8, compile=True)
+    assert simplicity(plain) < simplicity(compiled) and simplicity(split(16)) < simplicity(split(8))
+    fast = PlanMeasurement("8x2 compile", "ok", 100.0, 1.0, 2.0, 8, math.nan, 1.0, 0.0, "fake")
+    slow = PlanMeasurement("8x2", "ok", 97.0, 1.0, 2.0, 8, math.nan, 1.0, 0.0, "fake")
+    bound = scipy_stats.t.ppf(0.95, 7) * math.sqrt(2) * 2.0  # 5.36 samples/s
+    assert not credibly_faster(fast, slow) and 3.0 < bound
+    assert credibly_faster(dataclasses.replace(fast, samples_per_s=97.0 + bound + 0.1), slow)
+
+
+def test_the_real_probe_times_steps_until_its_interval_is_narrow(synth_cache):
+    cfg = split(8)
+    m = measure_plan(cfg, synth_cache, CPU, warmup_steps=1, steps=2)
+    assert m.ok and 2 <= m.steps_timed <= MAX_STEPS_FACTOR * 2 and m.samples_per_s_se > 0
+    narrow = t_quantile(0.975, m.steps_timed - 1) * m.samples_per_s_se / m.samples_per_s <= TIMING_CI
+    assert narrow or m.steps_timed == MAX_STEPS_FACTOR * 2
 
 
 def test_max_plans_bounds_what_is_measured(synth_cache, tmp_path):
@@ -108,7 +151,7 @@ def test_a_plan_that_runs_out_of_memory_is_dropped_and_the_next_tried(synth_cach
     assert "out of memory" in choice.measured[1].error and math.isnan(choice.measured[1].samples_per_s)
     runner_ups = json.loads(choice.metrics()["plan_runner_ups"])
     assert runner_ups == [{"plan": "16x1 precision=fp32", "status": "oom", "samples_per_s": None,
-                           "peak_reserved_mb": None}]
+                           "ci_half_width": None, "peak_reserved_mb": None}]
 
 
 def test_every_plan_out_of_memory_gives_no_config(synth_cache, tmp_path):
@@ -148,7 +191,7 @@ def test_cache_key_ignores_seed_and_learning_rate_not_batch_size_device_or_probe
 
 def test_cache_round_trips_a_measurement_and_ignores_a_broken_file(tmp_path):
     store = PlanCache(tmp_path)
-    m = PlanMeasurement("8x2", "ok", 90.0, 5.0, math.nan, 400.0, 1.5, "cpu")
+    m = PlanMeasurement("8x2", "ok", 90.0, 5.0, 2.0, 6, math.nan, 400.0, 1.5, "cpu")
     store.put("k", m, split(8))
     back = store.get("k")
     assert back.from_cache and back.samples_per_s == 90.0 and math.isnan(back.peak_reserved_mb)

@@ -15,7 +15,7 @@ from conftest import expect_bad_input, write_search_space
 
 @pytest.fixture
 def space(tmp_path):
-    return write_search_space(tmp_path / "space.yaml", confirm={"seeds": 3, "finalists": 4})
+    return write_search_space(tmp_path / "space.yaml", confirm={"seeds": 3, "finalists": 4, "folds": 2})
 
 
 @pytest.fixture
@@ -34,9 +34,12 @@ def _data_flags(synth_root, synth_cache, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--trials", "0"], "--trials"),
     (["--trials", "x"], "--trials"),
-    (["--margin", "2"], "--margin"),
+    (["--delta", "2"], "--delta"),
     (["--select", "random"], "--select"),
-    (["--z", "0"], "--z"),
+    (["--alpha", "0"], "--alpha"),
+    (["--alpha", "0.5"], "--alpha"),
+    (["--confirm-folds", "0"], "--confirm-folds"),
+    (["--confirm-folds", "6"], "--confirm-folds"),  # the space has 5 folds
     (["--confirm", "-1"], "--confirm"),
     (["--confirm", "1.5"], "--confirm"),
     (["--finalists", "0"], "--finalists"),
@@ -51,7 +54,7 @@ def _data_flags(synth_root, synth_cache, tmp_path):
     (["--headroom-mb", "-1"], "--headroom-mb"),
     (["--name", "a/b"], "--name"),
     (["--gpu", " "], "--gpu"),
-    *[([flag, value], flag) for flag in ("--margin", "--z", "--headroom-mb", "--cpus-per-trial")
+    *[([flag, value], flag) for flag in ("--delta", "--alpha", "--headroom-mb", "--cpus-per-trial")
       for value in ("nan", "inf", "-inf")],  # NaN passes every range check; inf too, for some
 ])
 def test_a_bad_flag_is_one_line_naming_it(space, capsys, launched, args, needle):
@@ -62,17 +65,17 @@ def test_a_bad_flag_is_one_line_naming_it(space, capsys, launched, args, needle)
 
 def test_every_bad_flag_is_listed_in_one_error(space, capsys):
     err = expect_bad_input(search_main, capsys, "--space", str(space), "--trials", "0", "--finalists", "0",
-                           "--margin", "5")
-    assert "--trials" in err and "--finalists" in err and "--margin" in err
+                           "--delta", "5")
+    assert "--trials" in err and "--finalists" in err and "--delta" in err
 
 
 def test_flags_left_out_take_the_space_files_values(space, synth_root, synth_cache, tmp_path, launched):
     assert search_main(["--space", str(space), "--name", "a", *_data_flags(synth_root, synth_cache, tmp_path)]) == 0
     sc = launched[-1]
-    assert (sc.trials, sc.gpu, sc.headroom_mb, sc.confirm_seeds, sc.finalists, sc.plan_search) == (
-        3, "0.7", 0.0, 3, 4, "measure")
+    assert (sc.trials, sc.gpu, sc.headroom_mb, sc.confirm_seeds, sc.confirm_folds, sc.finalists, sc.plan_search) == (
+        3, "0.7", 0.0, 3, 2, 4, "measure")
     assert sc.card.usable_bytes == int(0.7 * 2 ** 30) and sc.space.plan_search.mode == "measure"
-    assert sc.selection.rule == "noise-aware" and sc.selection.z == 1.645
+    assert sc.selection.rule == "noise-aware" and (sc.selection.alpha, sc.selection.delta) == (0.05, 0.02)
     assert sc.num_classes == synth_cache.num_classes and sc.cache_path == synth_cache.path
     assert sc.root == tmp_path / "runs" / "a" and sc.tune_dir() == sc.root / "tune"
     assert sc.confirm_dir() == sc.root / "confirm" and sc.plan_cache_dir() == sc.root / "plans"
@@ -101,6 +104,12 @@ def test_resume_reads_the_saved_flags(space, synth_root, synth_cache, tmp_path, 
     assert resumed.resume and resumed.dashboard and (resumed.trials, resumed.confirm_seeds) == (2, 1)
     assert resumed.space_file == space.resolve() and resumed.data == synth_root.resolve()
 
+    # an experiment saved before --alpha/--delta (with the old rule's z and margin) still resumes
+    saved.update(z=1.645, margin=0.01)
+    first.args_file().write_text(json.dumps(saved))
+    assert search_main(["--name", "r", "--storage-path", runs, "--resume"]) == 0
+    assert launched[-1].selection.alpha == 0.05
+
     err = expect_bad_input(search_main, capsys, "--name", "r", "--storage-path", runs, "--resume", "--trials", "9")
     assert "--resume" in err and "--trials" in err  # the experiment's own flag: refused, not ignored
     err = expect_bad_input(search_main, capsys, "--space", str(space), "--name", "r", *flags)
@@ -122,8 +131,8 @@ def test_construction_validates_every_field(space, synth_root, synth_cache, tmp_
     assert search_main(["--space", str(space), "--name", "c", *_data_flags(synth_root, synth_cache, tmp_path)]) == 0
     sc = launched[-1]
     with pytest.raises(SearchConfigError) as e:
-        dataclasses.replace(sc, trials=0, z=float("nan"), dashboard_port=0)
-    assert all(flag in str(e.value) for flag in ("--trials", "--z", "--dashboard-port"))
+        dataclasses.replace(sc, trials=0, alpha=float("nan"), dashboard_port=0)
+    assert all(flag in str(e.value) for flag in ("--trials", "--alpha", "--dashboard-port"))
     with pytest.raises(SearchConfigError, match="--plan-search"):  # the space must carry the mode it names
         dataclasses.replace(sc, plan_search="optuna")
     with pytest.raises(SearchConfigError, match="unknown flag"):
@@ -138,8 +147,8 @@ def test_help_lists_every_flag_with_its_docstring(capsys):
     text = " ".join(capsys.readouterr().out.split())
     docs = {name: doc for _, name, doc in documented_fields(SearchConfig)}
     fields = flag_fields()
-    assert {f.name for f in fields} >= {"trials", "plan_search", "confirm_seeds", "finalists", "select", "z",
-                                        "margin", "resume", "dashboard"}
+    assert {f.name for f in fields} >= {"trials", "plan_search", "confirm_seeds", "confirm_folds", "finalists",
+                                        "select", "alpha", "delta", "resume", "dashboard"}
     for f in fields:
         assert flag_name(f.name) in text and docs[f.name] and docs[f.name] in text, f.name
     assert "--confirm N" in text and "--space PATH" in text and "{measure,optuna}" in text

@@ -39,7 +39,7 @@ def test_two_level_search_with_confirmation(ray_local, synth_root, synth_cache, 
     rejected = df[df["status"] == "rejected"]
     assert len(launched) == 4  # configs never launched do not use up the trial budget
     assert set(launched["status"]) <= {"ok", "stopped", "oom", "diverged"}
-    oom = launched[(launched["inject_oom_at_step"] == 2) & (launched["inject_nan_at_step"] == 0)]
+    oom = launched[(launched["inject_oom_at_step"] == 5) & (launched["inject_nan_at_step"] == 0)]
     assert set(oom["status"]) == {"oom"} and not oom["feasible"].any()  # infeasible, and the search went on
     nan = launched[(launched["inject_nan_at_step"] == 2) & (launched["inject_oom_at_step"] == 0)]
     assert set(nan["status"]) == {"diverged"} and not nan["on_pareto_front"].any()  # never the best
@@ -77,14 +77,16 @@ def test_two_level_search_with_confirmation(ray_local, synth_root, synth_cache, 
                           and t.user_attrs.get("status") != "duplicate"]
     assert sorted(round(t.values[0], 6) for t in completed_feasible) == sorted(round(v, 6) for v in ok["val_acc"])
 
-    # The confirmation stage: each finalist (finished trials only) once more with a fresh seed, in its own
-    # Tune experiment, one TorchTrainer run each.
+    # The confirmation stage: each finalist (the most accurate and the seed's default at least) once more with a
+    # fresh seed on the search's fold, the same (fold, seed) pair for all, in its own Tune experiment, one
+    # TorchTrainer run each.
     finalists = json.loads((root / "finalists.json").read_text())
-    assert 1 <= len(finalists) <= 2 and set(finalists) <= set(ok["trial_id"])
+    assert 1 <= len(finalists) <= 2 and set(finalists) <= set(launched[launched["feasible"]]["trial_id"])
+    assert ok.sort_values("val_acc", ascending=False)["trial_id"].iloc[0] == finalists[0]
+    assert set(df[df["baseline"] == "baseline0"]["trial_id"]) <= set(finalists)
     confirm = pd.read_parquet(root / "confirm.parquet")
     assert sorted(confirm["finalist"]) == sorted(finalists) and set(confirm["status"]) == {"ok"}
-    seeds = ok.set_index("trial_id")["seed"]
-    assert all(row.seed == seeds[row.finalist] + 1000 for row in confirm.itertuples())
+    assert set(zip(confirm["fold"], confirm["seed"])) == {(0, 42 + 1000)}  # one pair, shared by every finalist
     assert confirm["trial_id"].is_unique and not set(confirm["trial_id"]) & set(df["trial_id"])
     assert (confirm["val_samples"] == ok["val_samples"].iloc[0]).all() and confirm["val_acc"].between(0, 1).all()
     assert len(list((root / "confirm" / "train").glob("trial-*"))) == len(confirm)
@@ -99,7 +101,7 @@ def test_two_level_search_with_confirmation(ray_local, synth_root, synth_cache, 
     assert "## Confirmation runs" in report and all(f in report for f in finalists)
     assert "Plans measured for this config" in report and chosen["plan"].iloc[0] in report
     out = capsys.readouterr().out
-    assert "search: " in out and f"confirm: {len(finalists)} finalists x 1 fresh seeds" in out
+    assert "search: " in out and f"confirm: {len(finalists)} finalists" in out and "the same 1 (fold, seed)" in out
     assert "Chosen: trial" in out
     assert "TrainingReport(" not in out and "(RayTrainWorker" not in out  # workers' output: Ray's log files
 

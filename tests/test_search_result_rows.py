@@ -41,7 +41,9 @@ def _result(tmp_path, trial_id, values, plan, accs, iterations, seconds):
                "epoch_seconds": s - 1, "status": "ok", "feasible": True}
               for i, (a, it, s) in enumerate(zip(accs, iterations, seconds))]
     bs, accumulation = plan
+    speeds = sorted(e["samples_per_s"] for e in epochs)
     last = {**epochs[-1], "trial_id": trial_id, "time_total_s": seconds[-1], "device": "cpu", "seed": 42,
+            "samples_per_s_median": speeds[len(speeds) // 2], "samples_per_s_iqr": speeds[-1] - speeds[0],
             "val_samples": 80, "loop_seconds_total": sum(s - 1 for s in seconds),  # every epoch of the run
             "plan": f"{bs}x{accumulation}", "plan_samples_per_s": 120.0, "plan_peak_reserved_mb": float("nan"),
             "plan_runner_ups": json.dumps([{"plan": "16x1", "status": "ok", "samples_per_s": 90.0,
@@ -59,7 +61,8 @@ def test_rows_use_the_space_keys_train_side_epochs_and_labelled_memory(tmp_path,
     root.mkdir(parents=True)
     sc = SimpleNamespace(space=space, card=resolve_card("0.7", 0), root=root, num_classes=10,
                          study_name=lambda: "r", storage_url=lambda: f"sqlite:///{(root / 'optuna.db').resolve()}",
-                         selection=Selection("most-accurate"), data=Path("data/x"), confirm_seeds=0, finalists=2)
+                         selection=Selection("most-accurate"), data=Path("data/x"), confirm_seeds=0, confirm_folds=1,
+                         finalists=2, concurrency=0, cpus_per_trial=1.0)
     optuna.create_study(study_name="r", storage=sc.storage_url(), directions=["maximize", "maximize"])
     grid = [  # "a" was resumed after its first epoch: Tune's iteration restarted at 1
         _result(tmp_path, "a", {"kernel_size": 5, "effective_batch_size": 16}, (8, 2), [0.4, 0.6], [1, 1], [3.0, 4.0]),
@@ -72,6 +75,8 @@ def test_rows_use_the_space_keys_train_side_epochs_and_labelled_memory(tmp_path,
     assert list(rows["kernel_size"]) == [5, 3] and list(rows["effective_batch_size"]) == [16, 32]
     assert list(rows["batch_size"]) == [8, 16] and list(rows["gradient_accumulation_steps"]) == [2, 2]
     assert json.loads(rows.loc["a", "val_acc_curve"]) == [0.4, 0.6]
+    # the run's speed: the worker's median over its epochs (110 of 100 and 110), never its last epoch's draw alone
+    assert rows.loc["a", "samples_per_s"] == 110.0 and rows.loc["a", "samples_per_s_iqr"] == 10.0
     assert set(rows["precision"]) == {"fp16"} and set(rows["precision_run"]) == {"fp32"}  # CPU ran fp32
     assert rows["cuda_max_reserved_mb"].isna().all()  # no CUDA figure on a CPU run
     assert list(rows["rss_peak_mb"]) == [501.0, 501.0]

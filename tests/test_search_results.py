@@ -29,7 +29,8 @@ def stand_in_config(root: Path, confirm_seeds: int = 2, **selection) -> SimpleNa
                             baseline_names=("default",))
     card = SimpleNamespace(name="rtx4070", usable_bytes=11 * 2 ** 30, describe=lambda: "rtx4070 (11 GiB usable)")
     return SimpleNamespace(root=root, card=card, space=space, selection=Selection(**selection), data=Path("data/x"),
-                           confirm_seeds=confirm_seeds, finalists=2, num_classes=10)
+                           confirm_seeds=confirm_seeds, confirm_folds=1, finalists=2, num_classes=10, concurrency=0,
+                           cpus_per_trial=1.0)
 
 
 def row(trial_id, status, acc, speed, eff=48, bs=12, dim=64, baseline="", curve=None, **extra) -> dict:
@@ -61,9 +62,13 @@ def frame() -> pd.DataFrame:
 
 
 def confirmations() -> pd.DataFrame:
-    return pd.DataFrame({"finalist": ["fast", "fast", "default", "default"], "trial_id": ["c1", "c2", "c3", "c4"],
-                         "seed": [1042, 1043, 1042, 1043], "status": "ok", "val_acc": [0.47, 0.49, 0.52, 0.48],
-                         "val_samples": 400, "samples_per_s": 100.0, "trial_seconds": 30.0, "error": ""})
+    """fast and default on the same three (fold, seed) pairs: fast is credibly within delta of the default's
+    accuracy and credibly 3x faster."""
+    return pd.DataFrame({"finalist": ["default"] * 3 + ["fast"] * 3, "trial_id": [f"c{i}" for i in range(6)],
+                         "fold": 0, "seed": [1042, 1043, 1044] * 2, "status": "ok",
+                         "val_acc": [0.50, 0.50, 0.50, 0.495, 0.50, 0.49], "val_samples": 400,
+                         "samples_per_s": [100.0, 101.0, 99.0, 300.0, 305.0, 296.0], "samples_per_s_iqr": 2.0,
+                         "trial_seconds": 30.0, "error": ""})
 
 
 def test_write_trials_keeps_every_row(tmp_path):
@@ -86,7 +91,7 @@ def test_write_results_writes_every_file_and_a_trainable_best_config(tmp_path, c
         assert (tmp_path / name).exists() and (tmp_path / name).stat().st_size > 0, name
     for name in ("pareto.png", "curves.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
-    assert len(pd.read_parquet(tmp_path / "confirm.parquet")) == 4
+    assert len(pd.read_parquet(tmp_path / "confirm.parquet")) == 6
 
     written = yaml.safe_load((tmp_path / "best_config.yaml").read_text())
     assert "effective_batch_size" not in written
@@ -100,15 +105,17 @@ def test_write_results_writes_every_file_and_a_trainable_best_config(tmp_path, c
     text = (tmp_path / "report.md").read_text()
     assert "Chosen: trial fast" in text and "plan 24x1 (batch_size 24, gradient_accumulation_steps 1," in text
     assert "8x6" in text and "48x1" in text and "vs_chosen" in text  # the runner-up plans
-    assert "1042, 1043" in text and "mean +- SE" in text  # the confirmation runs
-    assert "The chosen config and the seed's default cannot be told apart at this noise" in text
-    assert "credibly below" in text and "acc_se" in text
+    assert "f0/s1042 f0/s1043 f0/s1044" in text and "mean +- SE" in text  # the confirmation runs
+    assert "mean of 3 confirmation runs" in text
+    assert "The chosen config and the seed's default can be told apart at this noise by speed" in text
+    assert "equivalent within delta 0.02" in text and "acc_se" in text
+    assert "Smallest true accuracy difference this search could detect" in text and "max-adjusted" in text
     assert "ASHA rung check: at epoch 2" in text and "2 of 3 trials" in text
     assert "noplan" in text and "oom" in text  # the infeasible table
     assert "no CUDA measurement" in text and "host RSS 501 MiB" in text and report.MEMORY_LEGEND in text
     assert "precision fp16; ran fp32" in text and "confirm.parquet" in text and "curves.png" in text
     out = capsys.readouterr().out
-    assert "Chosen: trial fast" in out and "cannot be told apart" in out and "Pareto" not in out  # summary only
+    assert "Chosen: trial fast" in out and "can be told apart" in out and "Pareto" not in out  # summary only
 
 
 def test_without_confirmations_or_a_finished_trial(tmp_path, capsys):

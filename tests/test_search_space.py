@@ -38,6 +38,20 @@ def test_cluster_yaml_begins_with_its_command():
     assert isinstance(yaml.safe_load(path.read_text()), dict)
 
 
+def test_no_plan_goes_below_the_micro_batch_floor(tmp_path):
+    data = copy.deepcopy(GOOD)
+    data["plan_search"] = {"min_batch_size": 8}
+    with pytest.raises(SpaceError, match=r"plans.batch_size: \[4\] below plan_search.min_batch_size 8"):
+        load_space(_write(tmp_path, data))
+    data["plans"] = {"batch_size": [8, 16]}
+    data["baselines"] = [{"effective_batch_size": 16, "dim": 32, "batch_size": 4}]
+    with pytest.raises(SpaceError, match=r"baselines\[0\] \(baseline0\): batch_size 4 below"):
+        load_space(_write(tmp_path, data))
+    data.pop("baselines")
+    space = load_space(_write(tmp_path, data))
+    assert {c.batch_size for c in space.plan_candidates({"effective_batch_size": 16, "dim": 32})} == {8, 16}
+
+
 def test_shipped_spaces_include_the_required_ones():
     names = {p.name for p in SPACES}
     assert {"rtx4070.yaml", "cpu-smoke.yaml", "presets.yaml"} <= names
@@ -51,8 +65,11 @@ def test_shipped_spaces_include_the_required_ones():
     smoke = load_space(REPO / "search_spaces" / "cpu-smoke.yaml")
     assert (smoke.budget.epochs, smoke.budget.grace_period, smoke.budget.reduction_factor) == (6, 2, 2)
     assert smoke.plans == {"batch_size": (8, 12, 24, 48)}
-    assert (smoke.confirm.seeds, smoke.confirm.finalists) == (2, 2)
+    assert (smoke.confirm.seeds, smoke.confirm.folds, smoke.confirm.finalists) == (3, 1, 3)
     assert smoke.plan_search.mode == "measure" and smoke.plan_search.max_plans == 2
+    # BatchNorm: micro-batch 4 changed what was learned by more than delta (bench/microbatch_accuracy.py)
+    assert smoke.plan_search.min_batch_size == rtx.plan_search.min_batch_size == 8
+    assert min(rtx.plans["batch_size"]) == 8
     seed_plan = smoke.config_for({**smoke.baselines[0], **smoke.baseline_plans[0]})
     assert (seed_plan.batch_size, seed_plan.gradient_accumulation_steps) == (12, 4)
 
@@ -184,13 +201,13 @@ OLD_HINT = ("params.batch_size: an execution knob (how a config runs, not what i
      "fixed.effective_batch_size: expected a whole number"),
     # plan_search and confirm: known sub-keys, whole numbers in range.
     (lambda d: d.update(plan_search={"mode": "guess"}), "plan_search.mode: must be one of measure, optuna"),
-    (lambda d: d.update(plan_search={"step": 3}), "plan_search.step: unknown key (known: mode, warmup_steps, steps, max_plans)"),
+    (lambda d: d.update(plan_search={"step": 3}), "plan_search.step: unknown key (known: mode, warmup_steps, steps, max_plans, min_batch_size)"),
     (lambda d: d.update(plan_search={"steps": 0}), "plan_search.steps: must be >= 1"),
     (lambda d: d.update(plan_search={"warmup_steps": -1}), "plan_search.warmup_steps: must be >= 0"),
     (lambda d: d.update(plan_search={"max_plans": 0}), "plan_search.max_plans: must be >= 1"),
     (lambda d: d.update(plan_search={"steps": float("nan")}), "plan_search.steps: expected a whole number, got nan"),
     (lambda d: d.update(plan_search="measure"), "plan_search: expected a mapping"),
-    (lambda d: d.update(confirm={"seed": 2}), "confirm.seed: unknown key (known: seeds, finalists)"),
+    (lambda d: d.update(confirm={"seed": 2}), "confirm.seed: unknown key (known: seeds, finalists, folds)"),
     (lambda d: d.update(confirm={"seeds": -1}), "confirm.seeds: must be >= 0"),
     (lambda d: d.update(confirm={"finalists": 0}), "confirm.finalists: must be >= 1"),
     # Baselines: searched keys only, a pinned micro-batch divides the effective batch.

@@ -86,3 +86,10 @@ def test_rows_of_no_plan_rejected_and_baseline_configs(tmp_path):
     no_plan_row = next(r for r in told if r["status"] == "no_plan")
     assert math.isnan(no_plan_row["batch_size"]) and math.isnan(no_plan_row["predicted_fit_mb"])
     assert all("duplicate" not in r["status"] for r in rows)  # a repeat never ran: no row
+
+
+def test_a_finished_trial_tells_optuna_its_runs_median_speed():
+    """Optuna's second objective is the run's samples/s (median over its epochs), not its last epoch's draw."""
+    from asl_ray.search.searcher import objective_values
+    assert objective_values({"val_acc": 0.5, "samples_per_s": 90.0, "samples_per_s_median": 120.0}) == [0.5, 120.0]
+    assert objective_values({"val_acc": 0.5, "samples_per_s": 90.0}) == [0.5, 90.0]  # a result from before

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
-from asl_ray.data.dataset import SequenceDataset, make_loader, participant_split
+from asl_ray.data.dataset import SequenceDataset, make_loader, split_of
 from asl_ray.model import GISLRModel
 
 aten = torch.ops.aten
@@ -120,7 +120,7 @@ class FlopsPerSample:
 def count_flops_per_sample(cfg: TrainConfig, cache: SequenceCache, batches: int = 8) -> FlopsPerSample:
     """Count on `batches` real training batches of `cfg` (its padding, bucketing and max_len), on the CPU."""
     torch.manual_seed(cfg.seed)
-    train_idx, _ = participant_split(cache.participants, cfg.num_folds, cfg.fold, cfg.seed)
+    train_idx, _ = split_of(cfg, cache.participants)
     data = SequenceDataset(cache, train_idx, cfg.with_overrides({"num_workers": 0}), train=True)
     loader = make_loader(data, cfg.with_overrides({"num_workers": 0}), train=True, pin_memory=False)
     model = GISLRModel.from_config(cfg, cache.num_classes).train()

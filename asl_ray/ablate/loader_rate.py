@@ -17,7 +17,7 @@ import torch
 
 from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
-from asl_ray.data.dataset import SequenceDataset, make_loader, participant_split
+from asl_ray.data.dataset import SequenceDataset, make_loader, split_of
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class LoaderRate:
 
 
 def _time_loader(cfg: TrainConfig, cache: SequenceCache, batches: int) -> LoaderRate:
-    train_idx, _ = participant_split(cache.participants, cfg.num_folds, cfg.fold, cfg.seed)
+    train_idx, _ = split_of(cfg, cache.participants)
     loader = make_loader(SequenceDataset(cache, train_idx, cfg, train=True), cfg, train=True, pin_memory=False)
     it = iter(loader)
     # Page the memory map in and start the workers; with workers, also drain the batches they

@@ -13,16 +13,22 @@ from asl_ray.data import features as F
 from asl_ray.data.cache import SequenceCache
 
 
-def participant_split(participants: np.ndarray, num_folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def participant_split(participants: np.ndarray, num_folds: int, fold: int, split_seed: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, validation indices): whole signers are held out, so validation is on unseen people."""
     signers = np.unique(participants)
     if len(signers) < 2:
         raise ValueError(f"participant split needs at least 2 participants, the data has {len(signers)}")
-    order = np.random.default_rng(seed).permutation(signers)
+    order = np.random.default_rng(split_seed).permutation(signers)
     folds = np.array_split(order, min(num_folds, len(signers)))
     held_out = folds[fold % len(folds)]
     is_val = np.isin(participants, held_out)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def split_of(cfg: TrainConfig, participants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The config's (train, validation) indices: fold `cfg.fold` of the signers dealt by `cfg.split_seed`."""
+    return participant_split(participants, cfg.num_folds, cfg.fold, cfg.split_seed)
 
 
 def augment(points: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:

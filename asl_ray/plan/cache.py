@@ -22,13 +22,14 @@ from asl_ray.config import FIELD_NAMES, TrainConfig
 from asl_ray.plan.measure import PlanMeasurement
 
 SPEED_NEUTRAL_KEYS = tuple(sorted(
-    {"seed", "lr_per_64", "min_lr", "warmup_epochs", "weight_decay_ratio", "label_smoothing", "epochs", "fold"}
+    {"seed", "lr_per_64", "min_lr", "warmup_epochs", "weight_decay_ratio", "label_smoothing", "epochs", "fold",
+     "split_seed"}
     | {k for k in FIELD_NAMES if k.startswith("inject_") and k != "inject_oom_at_step"}))
-"""Left out of the key. The seed and the fold change which samples come first, not the length mix a few steps
-see; the learning rate, its schedule, weight decay and label smoothing are arithmetic on the same tensors; the
+"""Left out of the key. The seed, the fold and the split seed change which samples come first, not the length mix a few
+steps see; the learning rate, its schedule, weight decay and label smoothing are arithmetic on the same tensors; the
 epochs do not enter a few steps. Fault injection other than `inject_oom_at_step` (which makes a plan fail as
 measured) does not fire inside a measurement."""
-KEY_VERSION = 1  # bump when what a measurement means changes (the probe, the meter)
+KEY_VERSION = 2  # bump when what a measurement means changes (the probe, the meter): 2 times step by step
 
 
 class PlanCache:

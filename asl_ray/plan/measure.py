@@ -1,9 +1,12 @@
 """Measure one execution plan: a few optimizer steps of the real loop, on the data's own length mix.
 
-The plan's config is trained for `warmup_steps + steps` optimizer steps of epoch 0 of its fold (the same
-loader, augmentations and sample order as its training: all seeded from cfg.seed), through `loop.setup`
-and `loop.train_epoch`, so what is timed is what training runs. Samples/s come from the loop's
-ThroughputMeter with the warm-up steps left out; memory from its MemoryMonitor.
+The plan's config is trained for `warmup_steps` optimizer steps and then timed step by step (the device
+synchronised at each) for at least `steps` and until the 95% interval of its samples/s is within TIMING_CI of
+the figure, or `MAX_STEPS_FACTOR x steps` steps were timed: a speed is a measurement with a spread, and the
+plan search compares plans with it (asl_ray/plan/search.py: plans within each other's noise are tied). It is
+epoch 0 of its fold (the same loader, augmentations and sample order as its training: all seeded from
+cfg.seed), through `loop.setup` and `loop.train_epoch`, so what is timed is what training runs. Samples/s come
+from the loop's ThroughputMeter with the warm-up steps left out; memory from its MemoryMonitor.
 
 The peak reserved figure includes the warm-up: the caching allocator keeps what warm-up reserved
 (cuDNN autotuning workspaces, compilation), so a reset after it would report nearly the same reserved
@@ -18,17 +21,22 @@ import math
 import platform
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
 from asl_ray.config import TrainConfig
+from asl_ray.stats import t_quantile
 from asl_ray.data.cache import SequenceCache
 from asl_ray.train.loop import setup, train_epoch
-from asl_ray.train.metrics import MB, MemoryMonitor
+from asl_ray.train.metrics import MB, MemoryMonitor, ThroughputMeter
 from asl_ray.train.runtime import Runtime, out_of_memory_in
 
 STATUSES = ("ok", "oom", "error")
+TIMING_CI = 0.05
+"""A plan's timing stops once the 95% interval of its samples/s is within this fraction of the figure."""
+MAX_STEPS_FACTOR = 4
+"""... or once `MAX_STEPS_FACTOR x steps` optimizer steps were timed."""
 _SPLIT_KEYS = ("batch_size", "gradient_accumulation_steps")  # shown as "12x4", not as key=value
 
 
@@ -42,6 +50,10 @@ class PlanMeasurement:
     """Training samples per second after the warm-up steps; NaN unless status is 'ok'."""
     steps_per_s: float
     """Optimizer steps per second after the warm-up steps; NaN unless status is 'ok'."""
+    samples_per_s_se: float
+    """Standard error of samples_per_s, from the spread of the timed steps; NaN below two timed steps."""
+    steps_timed: int
+    """Optimizer steps timed after the warm-up."""
     peak_reserved_mb: float
     """torch's caching-allocator reserved peak over the measurement, MiB (no CUDA context); NaN on a CPU."""
     rss_peak_mb: float
@@ -108,10 +120,22 @@ def _cpu_model() -> str:
 
 
 def probe_config(cfg: TrainConfig, warmup_steps: int, steps: int) -> TrainConfig:
-    """`cfg` cut to one epoch of `warmup_steps + steps` optimizer steps, the warm-up left out of the timing."""
+    """`cfg` cut to one epoch of at most `warmup_steps + MAX_STEPS_FACTOR x steps` optimizer steps, the warm-up left
+    out of the timing."""
     accumulation = cfg.gradient_accumulation_steps
-    return dataclasses.replace(cfg, epochs=1, max_steps_per_epoch=(warmup_steps + steps) * accumulation,
+    return dataclasses.replace(cfg, epochs=1,
+                               max_steps_per_epoch=(warmup_steps + MAX_STEPS_FACTOR * steps) * accumulation,
                                throughput_warmup_steps=warmup_steps * accumulation)
+
+
+def timed_enough(steps: int) -> Callable[[ThroughputMeter], bool]:
+    """The probe's stopping rule: at least `steps` steps timed, and the 95% interval within TIMING_CI."""
+    def enough(meter: ThroughputMeter) -> bool:
+        timed = len(meter.step_seconds)
+        if timed < max(steps, 2):
+            return False
+        return t_quantile(0.975, timed - 1) * meter.relative_se() <= TIMING_CI
+    return enough
 
 
 def release(runtime: Runtime, compiled: bool) -> None:
@@ -126,7 +150,8 @@ def release(runtime: Runtime, compiled: bool) -> None:
 
 def measure_plan(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime, warmup_steps: int, steps: int,
                  plan_keys: Sequence[str] = (), usable_bytes: Optional[int] = None) -> PlanMeasurement:
-    """Train `cfg` for `warmup_steps + steps` optimizer steps on `runtime`'s device and time the last `steps`.
+    """Train `cfg` for `warmup_steps` optimizer steps on `runtime`'s device, then time it step by step until its
+    figure is narrow (`timed_enough`) or the probe's last step.
     An out-of-memory error is a status ('oom'), any other failure too ('error'): never raised."""
     if warmup_steps < 0 or steps < 1:
         raise ValueError(f"measure_plan: need warmup_steps >= 0 and steps >= 1, got {warmup_steps}, {steps}")
@@ -142,7 +167,7 @@ def measure_plan(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime, warmu
         # The plan's own runtime: its precision and cudnn.benchmark (Runtime.create applies both).
         session = setup(probe, cache, Runtime.create(probe, runtime.device))
         session.memory.reset()
-        train = train_epoch(session)
+        train = train_epoch(session, stop=timed_enough(steps))
     except Exception as e:  # a failed plan is a measurement, not a failed trial
         oom = out_of_memory_in(e)
         status = "oom" if oom is not None else "error"
@@ -161,5 +186,7 @@ def measure_plan(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime, warmu
         plan=plan, status=status,
         samples_per_s=float(train["samples_per_s"]) if ok else math.nan,
         steps_per_s=float(train["steps_per_s"]) if ok else math.nan,
+        samples_per_s_se=float(train["samples_per_s"] * train["samples_per_s_rel_se"]) if ok else math.nan,
+        steps_timed=int(train["steps_timed"]) if ok else 0,
         peak_reserved_mb=float(memory.get("cuda_max_reserved_mb", math.nan)),
         rss_peak_mb=float(memory["rss_peak_mb"]), seconds=seconds, device=device, error=error)

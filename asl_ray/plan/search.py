@@ -4,7 +4,10 @@
 are one plan) and duplicates go. (2) The VRAM estimate (`fits`) rejects plans before anything runs: a
 rejected plan is listed, never measured. (3) Up to `max_plans` fitting plans, in the given order (the
 largest micro-batch first), are measured, each read from the plan cache if it is there, else measured under
-the cache's lock and stored. (4) The fastest plan that ran (status 'ok') by samples/s is chosen; the other
+the cache's lock and stored. (4) Of the plans that ran (status 'ok'), those the fastest is not credibly faster
+than (`credibly_faster`: each figure carries its SE from the spread of its timed steps) are tied with it, and the
+simplest of the tied is chosen (`simplicity`: no compile before compile, then fewer accumulation steps, then the
+given order): a speed is a measurement with a spread, and a difference within it buys nothing. The other
 measured plans are its runner-ups.
 """
 from __future__ import annotations
@@ -22,10 +25,13 @@ from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
 from asl_ray.plan.cache import PlanCache
 from asl_ray.plan.measure import PlanMeasurement, describe_plan, device_identity, measure_plan
+from asl_ray.stats import t_quantile
 from asl_ray.train.metrics import MB
 from asl_ray.train.runtime import Runtime
 
 Fits = Callable[[TrainConfig], tuple[bool, int]]
+ALPHA = 0.05
+"""One-sided level of 'credibly faster' between two plans."""
 
 
 def _finite_or_none(x: float) -> Optional[float]:
@@ -42,7 +48,9 @@ class PlanChoice:
     """Every plan measured or read from the cache: those that ran, fastest first, then the dropped ones."""
     rejected: list[dict]
     """The plans the VRAM estimate refused (never measured): {"plan", "predicted_fit_mb"} each."""
-    seconds: float
+    tied: list[str] = dataclasses.field(default_factory=list)
+    """The plans (names) the fastest was not credibly faster than, the fastest among them; the chosen is one."""
+    seconds: float = 0.0
     """Wall time of the whole plan search."""
 
     def runner_ups(self) -> list[PlanMeasurement]:
@@ -52,9 +60,12 @@ class PlanChoice:
         """Flat and JSON-able, for the trial's reports (a plan's figures are NaN when none was chosen)."""
         c = self.chosen
         runner_ups = [{"plan": m.plan, "status": m.status, "samples_per_s": _finite_or_none(m.samples_per_s),
+                       "ci_half_width": _finite_or_none(_half_width(m)),
                        "peak_reserved_mb": _finite_or_none(m.peak_reserved_mb)} for m in self.runner_ups()]
         return {"plan": c.plan if c else "",
                 "plan_samples_per_s": c.samples_per_s if c else math.nan,
+                "plan_samples_per_s_ci": _half_width(c) if c else math.nan,
+                "plans_tied": json.dumps(self.tied),
                 "plan_peak_reserved_mb": c.peak_reserved_mb if c else math.nan,
                 "plan_runner_ups": json.dumps(runner_ups),
                 "plans_measured": len(self.measured),
@@ -64,12 +75,31 @@ class PlanChoice:
 
     def summary(self) -> str:
         """One line for the worker's log."""
-        found = (f"chose {self.chosen.plan} ({self.chosen.samples_per_s:.1f} samples/s)" if self.chosen
-                 else "no plan fits and runs")
+        found = (f"chose {self.chosen.plan} ({self.chosen.samples_per_s:.1f} +- {_half_width(self.chosen):.1f} "
+                 f"samples/s" + (f"; tied within noise: {', '.join(self.tied)}" if len(self.tied) > 1 else "") + ")"
+                 if self.chosen else "no plan fits and runs")
         dropped = [f"{m.plan}: {m.status}" for m in self.measured if not m.ok]
         return (f"plan search: {found}; {len(self.measured)} measured ({sum(m.from_cache for m in self.measured)} "
                 f"from cache), {len(self.rejected)} rejected by the VRAM estimate"
                 + (f"; dropped {', '.join(dropped)}" if dropped else "") + f" in {self.seconds:.1f}s")
+
+
+def _half_width(m: PlanMeasurement) -> float:
+    """The 95% half-width of a measurement's samples/s (NaN below two timed steps)."""
+    return t_quantile(0.975, m.steps_timed - 1) * m.samples_per_s_se if m.steps_timed >= 2 else math.nan
+
+
+def credibly_faster(a: PlanMeasurement, b: PlanMeasurement, alpha: float = ALPHA) -> bool:
+    """a's samples/s exceeds b's by more than the one-sided t bound of their combined SE (dof: the fewer timed
+    steps less one). An unknown SE (NaN) is never 0: then neither is credibly faster."""
+    se = math.sqrt(a.samples_per_s_se ** 2 + b.samples_per_s_se ** 2)
+    dof = min(a.steps_timed, b.steps_timed) - 1
+    return bool(math.isfinite(se) and dof >= 1 and a.samples_per_s - b.samples_per_s > t_quantile(1 - alpha, dof) * se)
+
+
+def simplicity(cfg: TrainConfig) -> tuple:
+    """Sort key, simplest first: no compile (no compile time, no graph to break), then fewer accumulation steps."""
+    return (cfg.compile, cfg.gradient_accumulation_steps)
 
 
 def runs_on(cfg: TrainConfig, runtime: Runtime) -> TrainConfig:
@@ -132,6 +162,7 @@ def search_plans(candidates: list[TrainConfig], cache: SequenceCache, runtime: R
 
     ran = sorted((r for r in results if r[1].ok), key=lambda r: -r[1].samples_per_s)  # stable: ties keep order
     dropped = [r for r in results if not r[1].ok]
-    config, chosen = ran[0] if ran else (None, None)
+    tied = [r for r in ran if not credibly_faster(ran[0][1], r[1])]
+    config, chosen = min(tied, key=lambda r: simplicity(r[0])) if tied else (None, None)  # stable: the faster
     return PlanChoice(config=config, chosen=chosen, measured=[m for _, m in ran + dropped], rejected=rejected,
-                      seconds=time.perf_counter() - started)
+                      tied=[m.plan for _, m in tied], seconds=time.perf_counter() - started)

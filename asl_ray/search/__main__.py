@@ -17,6 +17,11 @@ from asl_ray.cli import OneLineParser, add_dataclass_flags, fail
 from asl_ray.search.config import ARGS_FILE, PER_RUN_FLAGS, SearchConfig, SearchConfigError, flag_name, resolve
 
 
+RETIRED_FLAGS = ("z", "margin")
+"""Saved by earlier versions (the rule's z and fastest-within-margin's margin): a resume decides with --alpha and
+--delta."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m asl_ray.search", description=__doc__.splitlines()[0])
     add_dataclass_flags(p, SearchConfig)
@@ -55,7 +60,7 @@ def _saved_flags(given: dict[str, Any]) -> dict[str, Any]:
         fail(f"{saved}: cannot read the saved search arguments: {e}")
     if not isinstance(values, dict):
         fail(f"{saved}: cannot read the saved search arguments: not a mapping")
-    return {**{k: v for k, v in values.items() if k not in PER_RUN_FLAGS}, **given}
+    return {**{k: v for k, v in values.items() if k not in PER_RUN_FLAGS and k not in RETIRED_FLAGS}, **given}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 `python -m asl_ray.search`'s flags are SearchConfig's flag fields (`asl_ray.cli.add_dataclass_flags`): the field
 name is the flag (`headroom_mb` -> `--headroom-mb`, unless its metadata names another), its docstring the help,
 its annotation the type. Fields without a default take the space file's value when their flag is not given
-(`trials`, `gpu`, `headroom_mb`, `plan_search`, `confirm_seeds`, `finalists`) or are worked out (`name`,
+(`trials`, `gpu`, `headroom_mb`, `plan_search`, `confirm_seeds`, `confirm_folds`, `finalists`) or are worked out
+(`name`,
 `dashboard_port`); the resolved fields (the loaded space, the card, the data's cache) are no flags.
 `resolve(given)` builds one from the flags given, every check done before Ray starts.
 """
@@ -65,17 +66,21 @@ class SearchConfig:
 
     # ---- how the best config is chosen --------------------------------------------------------
     select: str = field(default="noise-aware", metadata={"choices": SELECT_RULES})
-    """how the best config is chosen (asl_ray/search/select.py): noise-aware is the fastest config not credibly
-    below the most accurate one"""
-    z: float = 1.645
-    """noise-aware: one-sided z of 'credibly below the best' (1.645: 95%)"""
-    margin: float = 0.01
-    """fastest-within-margin: accuracy a config may give up against the most accurate"""
+    """how the best config is chosen (asl_ray/search/select.py): noise-aware is, among the confirmed finalists, the
+    most accurate of those credibly within --delta of the best that the fastest such one is not credibly faster than"""
+    alpha: float = 0.05
+    """one-sided error rate of each test of the choice (screening, equivalence, speed)"""
+    delta: float = 0.02
+    """equivalence margin: a finalist credibly within this accuracy of the most accurate one counts as as accurate"""
     confirm_seeds: int = field(metadata={"flag": "--confirm"})
-    """fresh seeds each finalist is re-trained with before best_config.yaml is written; 0 = off (default: the
-    space's confirm.seeds)"""
+    """fresh seeds each finalist is re-trained with on every confirmation fold before best_config.yaml is written;
+    0 = off (default: the space's confirm.seeds)"""
+    confirm_folds: int
+    """validation folds each finalist is re-trained on, the search's fold first: every finalist runs the same (fold,
+    seed) pairs (default: the space's confirm.folds)"""
     finalists: int
-    """finalists re-trained by --confirm (default: the space's confirm.finalists)"""
+    """finalists re-trained by --confirm: the most accurate, the seed's default, then the fastest contenders
+    (default: the space's confirm.finalists)"""
 
     # ---- where results go ---------------------------------------------------------------------
     name: str
@@ -131,7 +136,7 @@ class SearchConfig:
 
     @property
     def selection(self) -> Selection:
-        return Selection(self.select, self.z, self.margin)
+        return Selection(self.select, self.alpha, self.delta)
 
     def study_name(self) -> str:
         return self.name
@@ -199,6 +204,7 @@ def flag_problems(values: Mapping[str, Any]) -> list[str]:
     check("trials", lambda v: v > 0, "must be > 0")
     check("headroom_mb", lambda v: _finite(v) and v >= 0, "must be a finite number >= 0")
     check("confirm_seeds", lambda v: v >= 0, "must be >= 0 (0: no confirmation runs)")
+    check("confirm_folds", lambda v: v >= 1, "must be >= 1")
     check("finalists", lambda v: v >= 1, "must be >= 1")
     check("num_cpus", lambda v: v > 0, "must be > 0")
     check("concurrency", lambda v: v >= 0, "must be >= 0 (0: one trial per GPU)")
@@ -208,9 +214,9 @@ def flag_problems(values: Mapping[str, Any]) -> list[str]:
     check("gpu", lambda v: bool(v.strip()), "must name a card")
     check("name", lambda v: bool(v) and "/" not in v and v not in (".", ".."), "must be a folder name")
     check("plan_search", lambda v: v in PLAN_SEARCH_MODES, f"must be one of {', '.join(PLAN_SEARCH_MODES)}")
-    if {"select", "z", "margin"} <= set(values):
+    if {"select", "alpha", "delta"} <= set(values):
         try:  # the selection rule checks its own settings (asl_ray/search/select.py), naming the flags
-            Selection(values["select"], values["z"], values["margin"])
+            Selection(values["select"], values["alpha"], values["delta"])
         except ConfigError as e:
             p.append(str(e))
     return p
@@ -265,8 +271,12 @@ def resolve(given: Mapping[str, Any], log=print) -> SearchConfig:
         values.setdefault("headroom_mb", float(space.headroom_mb))
         values.setdefault("plan_search", space.plan_search.mode)
         values.setdefault("confirm_seeds", space.confirm.seeds)
+        values.setdefault("confirm_folds", space.confirm.folds)
         values.setdefault("finalists", space.confirm.finalists)
         problems += flag_problems(values)
+        folds = space.base_config().num_folds
+        if isinstance(values["confirm_folds"], int) and values["confirm_folds"] > folds:
+            problems.append(f"{flag_name('confirm_folds')}: at most num_folds ({folds}), got {values['confirm_folds']}")
         try:
             card = resolve_card(values["gpu"], values["headroom_mb"])
         except CardError as e:

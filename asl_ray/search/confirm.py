@@ -1,48 +1,59 @@
-"""The confirmation stage: each finalist re-trained with K fresh seeds before best_config.yaml is written.
+"""The confirmation stage: every finalist re-trained on the same (fold, seed) pairs before best_config.yaml is
+written.
 
-One search trial's accuracy is one draw: init, data order and augmentation move it by about as much as the
-differences the search ranks (bench/microbatch_accuracy.py: seed sd ~0.05 on the synthetic set). The
-finalists (asl_ray/search/select.py `finalists`) are therefore trained again, each with its own full
-TrainConfig (learning values and the plan its trial ran: batch_size, gradient_accumulation_steps and the other
-plan keys) and seeds `fresh_seeds(seed, K)` = seed + 1000 + k (k = 0..K-1; far from the search's own seed so
-no run repeats it), for the whole budget (every epoch, no early stopping, no plan search: the plan is known).
+One search trial's accuracy is one draw, and the search's best is the largest of many draws: init, data order
+and augmentation move a run by about as much as the differences the search ranks (run sd 0.040 on one split of
+the synthetic set, bench/microbatch_accuracy.py). The finalists (asl_ray/search/select.py `finalists`) are
+therefore trained again, each with its own full TrainConfig (learning values and the plan its trial ran:
+batch_size, gradient_accumulation_steps and the other plan keys), on every pair of `confirmation_pairs`: the
+folds `fold, fold + 1, ...` (`--confirm-folds`; `split_seed` deals the signers, so a fold is the same people for
+every finalist) x the seeds `fresh_seeds(seed, K)` = seed + 1000 + k (far from the search's own seed so no run
+repeats it), for the whole budget (every epoch, no early stopping, no plan search: the plan is known). Every
+finalist runs the same pairs, so their runs pair up (select.py compares paired differences).
 
 A second Tune experiment in `runs/<name>/confirm/` (`tune/`, and each run's TorchTrainer in `train/`): one trial
-per (finalist, seed), FIFO, no searcher. It measures accuracy, not speed, so runs share the CPUs: as many at
-once as the cluster has CPUs (one per GPU where there are GPUs). `--resume` restores it and finishes only the
-unfinished runs (a run interrupted mid-fit continues from its Train checkpoint).
+per (finalist, fold, seed), FIFO, no searcher. Its speeds are compared (the pick's samples/s against the
+default's), so it runs under the search's own conditions: as many runs at once as the search ran trials (one
+per GPU; one on a machine without GPUs, unless --concurrency says otherwise), each worker with
+--cpus-per-trial CPUs. `--resume` restores it and finishes only the unfinished runs (a run interrupted mid-fit
+continues from its Train checkpoint).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pandas as pd
-import ray
 from ray import tune
 
 from asl_ray.config import TrainConfig
 from asl_ray.search import experiment
 from asl_ray.search.config import SearchConfig, TRAIN_DIR, TUNE_DIR
-from asl_ray.search.driver import DRIVER_CPUS
+from asl_ray.search.progress import StateChangeReporter
 from asl_ray.search.results import best_config
 from asl_ray.search.searcher import EPOCHS_DONE, TRAIN_LOOP_CONFIG, epochs_done
 from asl_ray.search.session import was_interrupted
 
 SEED_OFFSET = 1000
 """Fresh seeds start this far above a finalist's own seed."""
-CONFIRM_COLUMNS = ["finalist", "trial_id", "seed", "status", "val_acc", "val_samples", "samples_per_s",
-                   "trial_seconds", "error"]
-PROGRESS_METRICS = {"plan": "plan", "val_acc": "acc", EPOCHS_DONE: "epochs", "status": "status"}
+CONFIRM_COLUMNS = ["finalist", "trial_id", "fold", "seed", "status", "val_acc", "val_samples", "samples_per_s",
+                   "samples_per_s_iqr", "trial_seconds", "error"]
+PROGRESS_METRICS = {"plan": "plan", "val_acc": "acc", "samples_per_s_median": "samples/s", EPOCHS_DONE: "epochs",
+                    "status": "status"}
 
 
 def fresh_seeds(base_seed: int, k: int) -> list[int]:
     """K seeds no search trial used: base_seed + 1000 + i, i = 0..k-1."""
     return [base_seed + SEED_OFFSET + i for i in range(k)]
+
+
+def confirmation_pairs(base: TrainConfig, folds: int, seeds: int) -> list[tuple[int, int]]:
+    """The (fold, seed) pairs every finalist runs: the search's fold and the next `folds - 1` (modulo num_folds),
+    each with the `seeds` fresh seeds of the search's seed."""
+    return [((base.fold + i) % base.num_folds, seed) for i in range(folds) for seed in fresh_seeds(base.seed, seeds)]
 
 
 def finalist_config(sc: SearchConfig, row: pd.Series) -> TrainConfig:
@@ -52,25 +63,18 @@ def finalist_config(sc: SearchConfig, row: pd.Series) -> TrainConfig:
 
 
 def confirmation_points(sc: SearchConfig, df: pd.DataFrame, finalist_ids: Sequence[str]
-                        ) -> list[tuple[str, int, dict[str, Any]]]:
-    """(finalist, seed, full TrainConfig dict) per confirmation run, finalists in order, seeds ascending."""
+                        ) -> list[tuple[str, int, int, dict[str, Any]]]:
+    """(finalist, fold, seed, full TrainConfig dict) per confirmation run: finalists in order, each on every pair."""
     rows = df.set_index("trial_id")
+    pairs = confirmation_pairs(sc.space.base_config(), sc.confirm_folds, sc.confirm_seeds)
     points = []
     for finalist in finalist_ids:
         row = rows.loc[finalist].copy()
         row["trial_id"] = finalist
         cfg = finalist_config(sc, row)
-        seed = int(row["seed"]) if "seed" in row and _finite(row["seed"]) else cfg.seed
-        for s in fresh_seeds(seed, sc.confirm_seeds):
-            points.append((finalist, s, dataclasses.replace(cfg, seed=s).to_dict()))
+        for fold, seed in pairs:
+            points.append((finalist, fold, seed, dataclasses.replace(cfg, fold=fold, seed=seed).to_dict()))
     return points
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def _point_key(cfg: dict[str, Any]) -> str:
@@ -82,15 +86,11 @@ def trial_dirname(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def _placement(sc: SearchConfig, runs: int) -> tuple[bool, int, float]:
-    """(use_gpu, runs at once, CPUs per Train worker): one per GPU; without GPUs, one per CPU of the cluster
-    (accuracy is measured here, not speed), each worker a share of them (at most --cpus-per-trial)."""
+def _placement(sc: SearchConfig) -> tuple[bool, int]:
+    """(use_gpu, runs at once): the search's own (experiment.run): one per GPU, one without GPUs, or
+    --concurrency; so a confirmation run's samples/s compares with another's and with a search trial's."""
     gpus = experiment.cluster_gpus()
-    if gpus:
-        return True, max(1, min(runs, gpus)), sc.cpus_per_trial
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    at_once = sc.concurrency or max(1, min(runs, int(cpus)))
-    return False, at_once, max(0.01, min(sc.cpus_per_trial, round(cpus / at_once - DRIVER_CPUS, 2)))
+    return gpus > 0, sc.concurrency or max(1, gpus)
 
 
 def run_confirmation(sc: SearchConfig, df: pd.DataFrame, finalist_ids: Sequence[str],
@@ -100,23 +100,19 @@ def run_confirmation(sc: SearchConfig, df: pd.DataFrame, finalist_ids: Sequence[
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table honours our columns
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")  # a killed driver loses little
     points = confirmation_points(sc, df, finalist_ids)
-    use_gpu, at_once, cpus = _placement(sc, len(points))
-    settings = dataclasses.replace(
-        experiment.trial_settings(sc, use_gpu, plan_search=False),
-        train_storage=str((sc.confirm_dir() / TRAIN_DIR).resolve()), cpus_per_worker=cpus)
+    use_gpu, at_once = _placement(sc)
+    settings = dataclasses.replace(experiment.trial_settings(sc, use_gpu, plan_search=False),
+                                   train_storage=str((sc.confirm_dir() / TRAIN_DIR).resolve()))
     fn = experiment.trainable(settings)
     tune_dir = (sc.confirm_dir() / TUNE_DIR).resolve()
     if resume and tune.Tuner.can_restore(str(tune_dir)):
         tuner = tune.Tuner.restore(str(tune_dir), trainable=fn, resume_unfinished=True, resume_errored=False,
                                    restart_errored=True)
     else:
-        from ray.tune import CLIReporter
-        # Said explicitly: left out, the table depends on the verbosity a previous Tune run left behind.
-        reporter = CLIReporter(parameter_columns={f"{TRAIN_LOOP_CONFIG}/seed": "seed"},
-                               metric_columns=PROGRESS_METRICS, max_report_frequency=30,
-                               print_intermediate_tables=True)
+        reporter = StateChangeReporter({f"{TRAIN_LOOP_CONFIG}/fold": "fold", f"{TRAIN_LOOP_CONFIG}/seed": "seed"},
+                                       PROGRESS_METRICS)
         tuner = tune.Tuner(
-            fn, param_space={TRAIN_LOOP_CONFIG: tune.grid_search([cfg for _, _, cfg in points])},
+            fn, param_space={TRAIN_LOOP_CONFIG: tune.grid_search([cfg for *_, cfg in points])},
             tune_config=tune.TuneConfig(max_concurrent_trials=at_once, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent), progress_reporter=reporter,
                                       verbose=1, failure_config=tune.FailureConfig(max_failures=0)))
@@ -124,7 +120,7 @@ def run_confirmation(sc: SearchConfig, df: pd.DataFrame, finalist_ids: Sequence[
     epochs = sc.space.budget.epochs
     if was_interrupted(grid) or any(_unfinished(r, epochs) for r in grid):
         return None
-    finalist_of = {_point_key(cfg): (finalist, seed) for finalist, seed, cfg in points}
+    finalist_of = {_point_key(cfg): finalist for finalist, _, _, cfg in points}
     return pd.DataFrame([confirmation_row(r, finalist_of, epochs) for r in grid], columns=CONFIRM_COLUMNS)
 
 
@@ -134,9 +130,9 @@ def _unfinished(result, epochs: int) -> bool:
     return result.error is None and m.get("status", "ok") == "ok" and epochs_done(m) < epochs
 
 
-def confirmation_row(result, finalist_of: dict[str, tuple[str, int]], epochs: int) -> dict[str, Any]:
+def confirmation_row(result, finalist_of: dict[str, str], epochs: int) -> dict[str, Any]:
     cfg = dict(result.config[TRAIN_LOOP_CONFIG])
-    finalist, seed = finalist_of.get(_point_key(cfg), ("", cfg.get("seed")))
+    finalist = finalist_of.get(_point_key(cfg), "")
     m = dict(result.metrics or {})
     if result.error is not None:
         status = "error"
@@ -147,8 +143,8 @@ def confirmation_row(result, finalist_of: dict[str, tuple[str, int]], epochs: in
     history = result.metrics_dataframe
     seconds = (float(history["time_this_iter_s"].sum()) if history is not None and "time_this_iter_s" in history
                else m.get("time_total_s", float("nan")))
-    return {"finalist": finalist, "trial_id": m.get("trial_id", Path(result.path).name), "seed": int(seed),
-            "status": status, "val_acc": m.get("val_acc", float("nan")),
-            "val_samples": m.get("val_samples", float("nan")), "samples_per_s": m.get("samples_per_s", float("nan")),
+    return {"finalist": finalist, "trial_id": m.get("trial_id", Path(result.path).name), "fold": int(cfg["fold"]),
+            "seed": int(cfg["seed"]), "status": status, "val_acc": m.get("val_acc", float("nan")),
+            "val_samples": m.get("val_samples", float("nan")), **experiment.run_speed_of(m),
             "trial_seconds": seconds,
             "error": str(result.error).splitlines()[0][:200] if result.error else m.get("error", "")}

@@ -23,6 +23,7 @@ from asl_ray.cards import Card
 from asl_ray.config import ConfigError, TrainConfig
 from asl_ray.plan.fits import CardFit
 from asl_ray.search.driver import DRIVER_CPUS, TrialSettings, train_driver_fn
+from asl_ray.search.progress import StateChangeReporter
 from asl_ray.search.searcher import (BASELINE_ATTR, EPOCHS_DONE, TRAIN_LOOP_CONFIG, FitAwareSearch, epochs_done,
                                      fail_unfinished_trials)
 from asl_ray.search.space import SearchSpace
@@ -31,10 +32,11 @@ from asl_ray.search.trial_worker import PLAN_CONFIG_PREFIX
 log = logging.getLogger(__name__)
 MiB = 2 ** 20
 NAN = float("nan")
-PROGRESS_METRICS = {"plan": "plan", "val_acc": "acc", "samples_per_s": "samples/s", EPOCHS_DONE: "epochs",
+PROGRESS_METRICS = {"plan": "plan", "val_acc": "acc", "samples_per_s_median": "samples/s", EPOCHS_DONE: "epochs",
                     "status": "status"}
-PLAN_METRIC_DEFAULTS = {"plan": "", "plan_samples_per_s": NAN, "plan_peak_reserved_mb": NAN, "plan_runner_ups": "[]",
-                        "plans_measured": 0, "plans_from_cache": 0, "plans_rejected": 0, "plan_search_seconds": NAN}
+PLAN_METRIC_DEFAULTS = {"plan": "", "plan_samples_per_s": NAN, "plan_samples_per_s_ci": NAN, "plans_tied": "[]",
+                        "plan_peak_reserved_mb": NAN, "plan_runner_ups": "[]", "plans_measured": 0,
+                        "plans_from_cache": 0, "plans_rejected": 0, "plan_search_seconds": NAN}
 """The plan columns of a row (PlanChoice.metrics()), as a trial that searched no plan has them."""
 NEVER_LAUNCHED = ("rejected", "no_plan")  # Optuna user attr status of configs told in `suggest`
 
@@ -78,11 +80,10 @@ def _scheduler(space: SearchSpace):
                          grace_period=b.grace_period, reduction_factor=b.reduction_factor, stop_last_trials=False)
 
 
-def progress_reporter(space: SearchSpace):
-    """The classic progress table: the learning keys, the chosen plan, acc, samples/s, epochs, status."""
-    from ray.tune import CLIReporter
+def progress_reporter(space: SearchSpace) -> StateChangeReporter:
+    """The progress table: the learning keys, the chosen plan, acc, samples/s, epochs, status."""
     params = {f"{TRAIN_LOOP_CONFIG}/{name}": name for name in space.param_names()}
-    return CLIReporter(parameter_columns=params, metric_columns=PROGRESS_METRICS, max_report_frequency=30)
+    return StateChangeReporter(params, PROGRESS_METRICS)
 
 
 def _run_config(sc) -> tune.RunConfig:
@@ -143,7 +144,8 @@ def close_study(sc) -> int:
 def row_columns(space: SearchSpace) -> list[str]:
     return ["trial_id", "status", "feasible", "baseline", *space.param_names(), *space.plan_names(),
             "precision_run", "effective_batch", "epochs_run", "seed", "val_acc", "val_samples", "samples_per_s",
-            *PLAN_METRIC_DEFAULTS, "val_acc_curve", "cuda_max_reserved_mb", "cuda_max_allocated_mb",
+            "samples_per_s_iqr", *PLAN_METRIC_DEFAULTS, "val_acc_curve", "cuda_max_reserved_mb",
+            "cuda_max_allocated_mb",
             "predicted_reserved_mb", "predicted_total_mb", "predicted_fit_mb", "rss_peak_mb", "device", "node_id",
             "hostname", "trial_seconds", "loop_seconds", "error"]
 
@@ -244,7 +246,7 @@ def _trial_row(result, sc) -> dict[str, Any]:
         "precision_run": _precision_run(history, m), "effective_batch": space.effective_batch_for(values),
         "epochs_run": epochs_run, "seed": m.get("seed", space.base_config().seed),
         "val_acc": m.get("val_acc", NAN), "val_samples": m.get("val_samples", NAN),
-        "samples_per_s": m.get("samples_per_s", NAN),
+        **run_speed_of(m),
         **{k: m.get(k, default) for k, default in PLAN_METRIC_DEFAULTS.items()},
         "val_acc_curve": val_acc_curve(history),
         "cuda_max_reserved_mb": _column_max(history, "cuda_max_reserved_mb"),
@@ -255,6 +257,13 @@ def _trial_row(result, sc) -> dict[str, Any]:
         "trial_seconds": seconds, "loop_seconds": m.get("loop_seconds_total", NAN),
         "error": str(result.error).splitlines()[0][:200] if result.error else m.get("error", ""),
     }
+
+
+def run_speed_of(metrics: dict) -> dict[str, float]:
+    """A run's samples/s as the row holds it: the median over its epochs (the worker's `samples_per_s_median`),
+    with their interquartile range; an infeasible run's last result (no epoch) has only its 0."""
+    return {"samples_per_s": metrics.get("samples_per_s_median", metrics.get("samples_per_s", NAN)),
+            "samples_per_s_iqr": metrics.get("samples_per_s_iqr", NAN)}
 
 
 def _never_launched_rows(sc) -> list[dict[str, Any]]:

@@ -18,22 +18,25 @@ def _pyplot():
     return plt
 
 
-def plot_pareto(df: pd.DataFrame, ok: pd.DataFrame, confirmations: Optional[pd.DataFrame], chosen_id: Optional[str],
-                path: Path, usable_mb: float, title: str, label_keys: Sequence[str]) -> None:
-    """`df`: every trial row; `ok`: the finished ones with their accuracy estimates (select.scored)."""
+def plot_pareto(df: pd.DataFrame, ok: pd.DataFrame, confirmed: Optional[pd.DataFrame],
+                confirmations: Optional[pd.DataFrame], chosen_id: Optional[str], path: Path, usable_mb: float,
+                title: str, label_keys: Sequence[str]) -> None:
+    """`df`: every trial row; `ok`: the finished ones with their one-run estimates (select.screened); `confirmed`:
+    the finalists with their confirmed estimates (select.confirmed) and `confirmations` their runs, or None."""
     plt = _pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     stopped = df[df["status"] == "stopped"]
     ax.scatter(stopped["samples_per_s"], stopped["val_acc"], c="lightgrey", label="stopped early (partial)")
     ax.errorbar(ok["samples_per_s"], ok["acc_mean"], yerr=ok["acc_se"], fmt="o", c="tab:blue", ecolor="tab:blue",
-                elinewidth=1, capsize=3, label="finished (accuracy +- SE)")
-    _seed_runs(ax, ok, confirmations)
+                elinewidth=1, capsize=3, label="search runs (accuracy +- binomial SE)")
+    _confirmed_runs(ax, confirmed, confirmations)
     front = ok[pareto_mask(ok, "acc_mean")].sort_values("samples_per_s")
     ax.plot(front["samples_per_s"], front["acc_mean"], "-", c="tab:red", label="Pareto front")
     for _, r in front.iterrows():
         ax.annotate(" ".join(f"{k}={shown(r[k])}" for k in label_keys if k in r and pd.notna(r[k])),
                     (r["samples_per_s"], r["acc_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    chosen = ok[ok["trial_id"] == chosen_id]
+    chosen = (confirmed if confirmed is not None else ok)
+    chosen = chosen[chosen["trial_id"] == chosen_id]
     if len(chosen):
         ax.scatter(chosen["samples_per_s"], chosen["acc_mean"], marker="*", s=260, c="gold", edgecolors="black",
                    zorder=5, label=f"chosen (trial {chosen_id})")
@@ -56,18 +59,18 @@ def plot_pareto(df: pd.DataFrame, ok: pd.DataFrame, confirmations: Optional[pd.D
     plt.close(fig)
 
 
-def _seed_runs(ax, ok: pd.DataFrame, confirmations: Optional[pd.DataFrame]) -> None:
-    """Each confirmed finalist's individual runs (its search run and its fresh seeds) as small dots."""
-    if confirmations is None or not len(confirmations):
+def _confirmed_runs(ax, confirmed: Optional[pd.DataFrame], confirmations: Optional[pd.DataFrame]) -> None:
+    """Each confirmed finalist: its confirmation runs as small dots at their own samples/s, and their mean +- SE
+    at the geometric-mean speed."""
+    if confirmed is None or confirmations is None or not len(confirmed):
         return
-    xs, ys = [], []
-    for _, r in ok[ok["acc_runs"] > 1].iterrows():
-        runs = confirmations[(confirmations["finalist"] == r["trial_id"]) & (confirmations["status"] == "ok")]
-        accs = [r["val_acc"], *runs["val_acc"]]
-        xs += [r["samples_per_s"]] * len(accs)
-        ys += accs
-    if xs:
-        ax.scatter(xs, ys, s=9, c="black", alpha=0.6, zorder=4, label="confirmed finalists: each run")
+    done = confirmations[confirmations["status"] == "ok"]
+    runs = done[done["finalist"].isin(confirmed["trial_id"])]
+    ax.scatter(runs["samples_per_s"], runs["val_acc"], s=9, c="black", alpha=0.6, zorder=4,
+               label="confirmation runs (same fold, seed pairs)")
+    ax.errorbar(confirmed["samples_per_s"], confirmed["acc_mean"], yerr=confirmed["acc_se"].fillna(0), fmt="D",
+                c="tab:orange", ecolor="tab:orange", elinewidth=1.5, capsize=4, zorder=4,
+                label="confirmed finalists (mean +- SE)")
 
 
 def plot_curves(df: pd.DataFrame, path: Path, rungs: Sequence[int], chance: Optional[float], title: str) -> None:

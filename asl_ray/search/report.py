@@ -1,7 +1,6 @@
 """The search's tables and text: trial rows as a frame, the Pareto front, and report.md's sections (the
-chosen config with its plan and runner-up plans, confirmation runs, the comparison with the seed's
-default at the measured noise, the ASHA rung check, the infeasible configs). Plain data in, text out;
-the files are written by `results`. No Ray here."""
+chosen config with its plan and runner-up plans, the decision (decision_report.py), the ASHA rung check, the
+infeasible configs). Plain data in, text out; the files are written by `results`. No Ray here."""
 from __future__ import annotations
 
 import json
@@ -10,7 +9,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from asl_ray.search.select import finished, indistinguishable, seed_baseline
+from asl_ray.search import decision_report as decision
+from asl_ray.search.select import finished, seed_baseline
 
 MEMORY_COLUMNS = ["cuda_max_reserved_mb", "predicted_reserved_mb", "predicted_total_mb", "predicted_fit_mb",
                   "rss_peak_mb"]
@@ -22,11 +22,6 @@ MEMORY_LEGEND = ("cuda_max_reserved_mb: measured torch.cuda.max_memory_reserved 
                  "predicted_total_mb: that peak with the CUDA context (what nvidia-smi would show); "
                  "predicted_fit_mb: least need under the allocator's free-and-retry + context + margin "
                  "(compared with the card); rss_peak_mb: host process RSS, not GPU memory.")
-ACCURACY_LEGEND = ("acc_mean: validation accuracy (the mean of a finalist's runs where confirmed); acc_se: its "
-                   "standard error (binomial sqrt(p(1-p)/n) for one run, or the pooled seed spread where larger: "
-                   "acc_source); acc_runs: runs behind the mean.")
-SAME_NOISE_Z = 1.96
-"""Two-sided z for 'can the chosen config and the seed's default be told apart' (95%)."""
 RUNG_MARGIN_SE = 2.0
 """The rung check counts a trial above chance when it beats chance by more than this many binomial SEs."""
 
@@ -83,14 +78,6 @@ def memory_text(row: pd.Series) -> str:
             f"host RSS {row['rss_peak_mb']:.0f} MiB")
 
 
-def accuracy_text(row: pd.Series) -> str:
-    """'0.512 +- 0.025 (one run, binomial SE)' or '0.498 +- 0.021 (mean of 3 runs, SE from the seed spread)'."""
-    runs = int(row["acc_runs"])
-    what = "one run" if runs == 1 else f"mean of {runs} runs"
-    source = "binomial SE" if row["acc_source"] == "binomial" else "SE from the seed spread"
-    return f"{row['acc_mean']:.4f} +- {row['acc_se']:.4f} ({what}, {source})"
-
-
 def learning_text(row: pd.Series, param_names: Sequence[str]) -> str:
     return ", ".join(f"{k} {shown(row[k])}" for k in param_names if k in row)
 
@@ -103,7 +90,7 @@ def plan_text(row: pd.Series, plan_names: Sequence[str]) -> str:
 
 
 def reference_row(ok: pd.DataFrame, baseline_names: Sequence[str]) -> Optional[pd.Series]:
-    """The finished trial of the seed's default config (select.seed_baseline of the space's), if any."""
+    """The trial of the seed's default config (select.seed_baseline of the space's) among `ok`'s rows, if any."""
     name = seed_baseline(baseline_names)
     if "baseline" not in ok or name is None:
         return None
@@ -111,37 +98,28 @@ def reference_row(ok: pd.DataFrame, baseline_names: Sequence[str]) -> Optional[p
     return match.iloc[0] if len(match) else None
 
 
-def default_comparison(best: pd.Series, reference: Optional[pd.Series]) -> str:
-    """Throughput ratio, accuracy difference, and in a plain sentence whether the noise tells them apart."""
-    if reference is None:
-        return "The seed's default config did not finish in this search: no comparison."
-    if reference["trial_id"] == best["trial_id"]:
-        return "The chosen config is the seed's default config."
-    ratio = best["samples_per_s"] / reference["samples_per_s"] if reference["samples_per_s"] else float("nan")
-    diff = best["acc_mean"] - reference["acc_mean"]
-    combined = math.sqrt(best["acc_se"] ** 2 + reference["acc_se"] ** 2)
-    figures = (f"accuracy {best['acc_mean']:.4f} +- {best['acc_se']:.4f} vs {reference['acc_mean']:.4f} +- "
-               f"{reference['acc_se']:.4f} (difference {diff:+.4f}")
-    if indistinguishable(best, reference, SAME_NOISE_Z):
-        verdict = (f"The chosen config and the seed's default cannot be told apart at this noise: {figures}, "
-                   f"within {SAME_NOISE_Z} x the combined SE {combined:.4f}).")
-    else:
-        verdict = (f"The chosen config and the seed's default can be told apart at this noise: {figures}, beyond "
-                   f"{SAME_NOISE_Z} x the combined SE {combined:.4f}).")
-    return (f"Against the seed's default config (trial {reference['trial_id']}, baseline "
-            f"{text_of(reference, 'baseline')}, {text_of(reference, 'plan')}): "
-            f"throughput x{ratio:.2f} ({best['samples_per_s']:.1f} vs {reference['samples_per_s']:.1f} samples/s). "
-            + verdict)
+def default_row(ok: pd.DataFrame, confirmed: Optional[pd.DataFrame], df: pd.DataFrame,
+                baseline_names: Sequence[str]) -> Optional[pd.Series]:
+    """The seed's default as the pick is compared with it: its confirmed row where it was confirmed (ASHA may have
+    stopped its search run), else its finished search run."""
+    if confirmed is not None:
+        row = reference_row(confirmed, baseline_names)
+        if row is not None:
+            return row
+    return reference_row(ok, baseline_names)
 
 
 def plan_table(best: pd.Series) -> pd.DataFrame:
-    """The chosen plan and the runner-up plans its plan search measured (plan_runner_ups JSON)."""
+    """The chosen plan and the runner-up plans its plan search measured (plan_runner_ups JSON), each samples/s with
+    its 95% half-width; a runner-up the chosen plan was tied with (within their noise) says 'tied'."""
     rows = [{"plan": best.get("plan"), "status": "chosen", "samples_per_s": best.get("plan_samples_per_s"),
-             "peak_reserved_mb": best.get("plan_peak_reserved_mb")}]
-    raw = best.get("plan_runner_ups")
+             "ci_half_width": best.get("plan_samples_per_s_ci"), "peak_reserved_mb": best.get("plan_peak_reserved_mb")}]
+    raw, tied = best.get("plan_runner_ups"), best.get("plans_tied")
     others = json.loads(raw) if isinstance(raw, str) and raw.strip() else []
-    rows += [r for r in others if r.get("plan") != best.get("plan")]
-    table = pd.DataFrame(rows, columns=["plan", "status", "samples_per_s", "peak_reserved_mb"])
+    tied = set(json.loads(tied)) if isinstance(tied, str) and tied.strip() else set()
+    rows += [{**r, "status": "tied" if r.get("plan") in tied else r.get("status")} for r in others
+             if r.get("plan") != best.get("plan")]
+    table = pd.DataFrame(rows, columns=["plan", "status", "samples_per_s", "ci_half_width", "peak_reserved_mb"])
     chosen_speed = pd.to_numeric(table["samples_per_s"], errors="coerce").iloc[0]
     table["vs_chosen"] = pd.to_numeric(table["samples_per_s"], errors="coerce") / chosen_speed
     return table
@@ -155,25 +133,6 @@ def plan_search_text(best: pd.Series) -> str:
     took = f" in {seconds:.1f} s" if pd.notna(seconds) else ""
     return f"Plan search: {counts or 'no figures'}{took}. Measured samples/s of the chosen plan: " \
            f"{best.get('plan_samples_per_s', float('nan')):.1f}; trained at {best['samples_per_s']:.1f}."
-
-
-def confirmation_table(ok: pd.DataFrame, confirmations: pd.DataFrame) -> pd.DataFrame:
-    """Per finalist: its search run, the fresh seeds and their accuracies, and the mean +- SE of all."""
-    rows = []
-    for finalist, runs in confirmations.groupby("finalist", sort=False):
-        match = ok[ok["trial_id"] == finalist]
-        search_acc = match["val_acc"].iloc[0] if len(match) else float("nan")
-        done = runs[runs["status"] == "ok"]
-        failed = runs[runs["status"] != "ok"]
-        rows.append({
-            "finalist": finalist, "search_run": search_acc,
-            "seeds": ", ".join(str(shown(s)) for s in runs["seed"]),
-            "accuracies": ", ".join(f"{acc:.4f}" if status == "ok" else status
-                                    for acc, status in zip(runs["val_acc"], runs["status"])),
-            "mean +- SE": (f"{match['acc_mean'].iloc[0]:.4f} +- {match['acc_se'].iloc[0]:.4f}" if len(match)
-                           else "(not a finished trial)"),
-            "runs": 1 + len(done) if len(match) else len(done), "failed": len(failed)})
-    return pd.DataFrame(rows)
 
 
 def rung_epochs(grace_period: int, reduction_factor: int, epochs: int) -> list[int]:
@@ -191,17 +150,34 @@ def curve(row: pd.Series) -> list[float]:
     return [float(v) for v in json.loads(raw)] if isinstance(raw, str) and raw.strip() else []
 
 
+def rung_rank_correlation(df: pd.DataFrame, rung: int) -> tuple[float, int]:
+    """(Spearman rank correlation between val_acc at epoch `rung` and at the last epoch, trials behind it) over
+    the trials that ran every epoch (status ok): does the first cut rank as the end does? NaN below 3 trials."""
+    pairs = [(accs[rung - 1], accs[-1]) for _, row in df[df["status"] == "ok"].iterrows()
+             if len(accs := curve(row)) > rung]
+    if len(pairs) < 3:
+        return float("nan"), len(pairs)
+    at_rung, final = (pd.Series(v).rank() for v in zip(*pairs))
+    return float(at_rung.corr(final)), len(pairs)
+
+
 def rung_check_text(df: pd.DataFrame, scheduler: str, budget, num_classes: Optional[int]) -> str:
-    """At ASHA's first rung, how many trials had left chance level by more than RUNG_MARGIN_SE binomial SEs:
-    what the first cut ranks (signal or noise). SE at chance, sqrt(c(1-c)/n): the null of no learning."""
+    """At ASHA's first rung: how many trials had left chance level by more than RUNG_MARGIN_SE binomial SEs (what
+    the first cut ranks: signal or noise; SE at chance sqrt(c(1-c)/n), the null of no learning), and how well the
+    rung's ranking predicts the last epoch's (Spearman, over the trials that reached both)."""
     if scheduler != "asha":
         return f"No ASHA rungs (scheduler {scheduler}): every launched trial ran its whole budget."
     rungs = rung_epochs(budget.grace_period, budget.reduction_factor, budget.epochs)
     if not rungs:
         return "ASHA has no rung below the last epoch in this budget: nothing stopped early."
+    first = rungs[0]
+    rho, behind = rung_rank_correlation(df, first)
+    ranks = (f" Rank correlation (Spearman) of val_acc at epoch {first} with the last epoch's, over the {behind} "
+             f"trials that reached both: " + (f"{rho:+.2f}" + (" (few trials: a rough figure)" if behind < 8 else "")
+                                                if pd.notna(rho) else "too few trials to tell") + ".")
     if not num_classes:
-        return f"ASHA rungs at epochs {rungs}; the number of classes is unknown, so no chance-level check."
-    first, chance = rungs[0], 1.0 / num_classes
+        return f"ASHA rungs at epochs {rungs}; the number of classes is unknown, so no chance-level check." + ranks
+    chance = 1.0 / num_classes
     reached, above, sizes = 0, 0, set()
     for _, row in df.iterrows():
         accs = curve(row)
@@ -212,64 +188,80 @@ def rung_check_text(df: pd.DataFrame, scheduler: str, budget, num_classes: Optio
         sizes.add(int(n))
         above += accs[first - 1] - chance > RUNG_MARGIN_SE * math.sqrt(chance * (1 - chance) / n)
     if not reached:
-        return f"ASHA rungs at epochs {rungs}: no trial recorded a learning curve up to epoch {first}."
+        return f"ASHA rungs at epochs {rungs}: no trial recorded a learning curve up to epoch {first}." + ranks
     n = min(sizes)
     lead = (f"ASHA rung check: at epoch {first} (the first rung; rungs at epochs {rungs}), {above} of {reached} "
             f"trials were above chance ({chance:.3f}) by more than {RUNG_MARGIN_SE:g} binomial SE "
             f"({math.sqrt(chance * (1 - chance) / n):.4f} at n={n}): ")
     if 2 * above > reached:
-        return lead + "the first cut ranks configs that had learned something."
-    return lead + "the first cut ranks mostly noise; a larger budget.grace_period would let trials learn first."
+        return lead + "the first cut ranks configs that had learned something." + ranks
+    return lead + "the first cut ranks mostly noise; a larger budget.grace_period would let trials learn first." + ranks
 
 
-def summary_lines(sc, best: Optional[pd.Series], reference: Optional[pd.Series]) -> list[str]:
+def conditions_text(sc) -> str:
+    """Under which conditions every speed of the report was measured (they compare only like with like)."""
+    at_once = sc.concurrency or "one per GPU (one without GPUs)"
+    return (f"Speeds: every search trial and confirmation run ran {at_once} at a time, each Train worker with "
+            f"{sc.cpus_per_trial:g} CPU(s) (torch threads as Ray gives them); a run's samples/s is the median over "
+            f"its epochs, a confirmed finalist's the geometric mean of its runs'. Plan probes ran inside the trials' "
+            f"workers, under the same conditions.")
+
+
+def summary_lines(sc, best: Optional[pd.Series], reference: Optional[pd.Series],
+                  confirmations: Optional[pd.DataFrame] = None) -> list[str]:
     """report.md's top, and what the search prints at its end."""
     space = sc.space
     lines = [f"# Search {sc.root.name}: target {sc.card.describe()}", ""]
     if best is None:
-        return lines + ["No trial finished feasibly: no best config written.",
-                        f"Selection: {sc.selection.describe()}."]
+        return lines + ["No trial finished feasibly" + (" and was confirmed" if confirmations is not None else "")
+                        + ": no best config written.", f"Selection: {sc.selection.describe()}."]
     return lines + [
         f"Chosen: trial {best['trial_id']} ({learning_text(best, space.param_names())}), "
-        f"{plan_text(best, space.plan_names())}: val_acc {accuracy_text(best)}, {best['samples_per_s']:.1f} "
-        f"samples/s.", "",
-        default_comparison(best, reference), "",
+        f"{plan_text(best, space.plan_names())}: val_acc {decision.accuracy_text(best)}, "
+        f"{decision.speed_text(best)}.", "",
+        decision.default_comparison(best, reference, confirmations, sc.selection), "",
         f"Selection: {sc.selection.describe()}.", "",
         f"Train it: `python -m asl_ray.train --data {sc.data} --config {sc.root / 'best_config.yaml'}`"]
 
 
 def report_text(sc, df: pd.DataFrame, ok: pd.DataFrame, best: Optional[pd.Series],
-                confirmations: Optional[pd.DataFrame]) -> str:
-    """The whole report.md. `ok`: the finished trials with their accuracy estimates (select.scored)."""
+                confirmations: Optional[pd.DataFrame], confirmed: Optional[pd.DataFrame] = None) -> str:
+    """The whole report.md. `ok`: the finished trials with their one-run estimates (select.screened);
+    `confirmed`: the finalists with their confirmed estimates (select.confirmed), None without confirmation."""
     space = sc.space
     learning, plans = space.param_names(), space.plan_names()
-    reference = reference_row(ok, space.baseline_names)
+    reference = default_row(ok, confirmed, df, space.baseline_names)
     columns = ["trial_id", "status", "baseline", *learning, "plan", "precision_run", "acc_mean", "acc_se", "acc_runs",
-               "samples_per_s", *MEMORY_COLUMNS]
+               "samples_per_s", "samples_per_s_iqr", "contender", *MEMORY_COLUMNS]
     front = ok[pareto_mask(ok, "acc_mean")].sort_values("samples_per_s", ascending=False)
-    lines = summary_lines(sc, best, reference) + [
+    lines = summary_lines(sc, best, reference, confirmations) + [
         "", f"Space `{space.path}`; {len(df)} configs: " +
         ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) + ".", "",
-        "## Pareto front (accuracy +- SE vs samples/s; finished, feasible trials)", "",
-        "```", table_text(front, columns), "```", "", ACCURACY_LEGEND, "",
-        f"precision: configured; precision_run: what ran. {MEMORY_LEGEND}", ""]
+        "## Pareto front of the search runs (accuracy +- SE vs samples/s; finished, feasible trials)", "",
+        "```", table_text(front, columns), "```", "", decision.ACCURACY_LEGEND, "",
+        f"precision: configured; precision_run: what ran. {MEMORY_LEGEND}", "", conditions_text(sc), ""]
     if best is not None:
         lines += [f"## Chosen: trial {best['trial_id']}", "",
-                  f"{learning_text(best, learning)}; {plan_text(best, plans)}; val_acc {accuracy_text(best)}; "
-                  f"{best['samples_per_s']:.1f} samples/s; {memory_text(best)}.", "",
+                  f"{learning_text(best, learning)}; {plan_text(best, plans)}; val_acc "
+                  f"{decision.accuracy_text(best)}; {decision.speed_text(best)}; {memory_text(best)}.", "",
                   plan_search_text(best), "", "Plans measured for this config (runner-ups after the chosen one):",
-                  "", "```", table_text(plan_table(best), ["plan", "status", "samples_per_s", "peak_reserved_mb",
-                                                          "vs_chosen"]), "```", ""]
+                  "", "```", table_text(plan_table(best), ["plan", "status", "samples_per_s", "ci_half_width",
+                                                          "peak_reserved_mb", "vs_chosen"]), "```", ""]
     lines += ["## Confirmation runs", ""]
-    if confirmations is not None and len(confirmations):
-        lines += [f"Each finalist re-trained with fresh seeds ({sc.confirm_seeds} per finalist, up to "
-                  f"{sc.finalists} finalists); its accuracy is the mean of its search run and these.", "",
-                  "```", table_text(confirmation_table(ok, confirmations),
-                                    ["finalist", "search_run", "seeds", "accuracies", "mean +- SE", "runs",
-                                     "failed"]), "```", ""]
+    if confirmed is not None and len(confirmed):
+        lines += [f"Every finalist re-trained on the same {sc.confirm_folds} fold(s) x {sc.confirm_seeds} fresh seeds "
+                  f"(fold/seed pairs; a fold is the same signers for every finalist). Each estimate is the mean of its "
+                  f"confirmation runs alone; the search run only nominated it. 'ref - it [upper]': the paired "
+                  f"difference to the most accurate finalist with its one-sided bound; 'pick / it': the paired speed "
+                  f"ratio with its 95% CI.", "",
+                  "```", table_text(decision.confirmation_table(confirmed, confirmations),
+                                    list(decision.confirmation_table(confirmed, confirmations).columns)), "```", ""]
     else:
-        lines += ["None (--confirm 0): every accuracy is one run with its binomial SE.", ""]
+        lines += ["None (--confirm 0): every accuracy is one search run with its binomial SE, and the pick is "
+                  "unconfirmed.", ""]
     lines += ["## Selection", "", f"{sc.selection.describe()}.", "",
+              decision.noisy_maximum_text(len(ok), sc.selection.alpha), "",
+              decision.detectable_text(confirmed, confirmations, ok, sc.selection), "",
               "## ASHA rungs", "", rung_check_text(df, space.scheduler, space.budget, sc.num_classes), ""]
     infeasible = df[~df["feasible"].astype(bool)]
     lines += ["## Infeasible (never launched, no plan, or out of memory)", "", "```",

@@ -11,7 +11,7 @@ import pandas as pd
 
 from asl_ray.config import FIELD_NAMES, TrainConfig
 from asl_ray.search import plots, report
-from asl_ray.search.select import scored, select_best
+from asl_ray.search.select import confirmed, screened, select_best
 
 MiB = 2 ** 20
 _FIELD_KIND = {f.name: f.type for f in fields(TrainConfig)}
@@ -52,20 +52,23 @@ def write_results(df: pd.DataFrame, confirmations: Optional[pd.DataFrame], sc) -
     """Every result file after the search (and its confirmation runs); returns the best config written,
     None when no trial finished feasibly (then no best_config.yaml)."""
     root = sc.root
-    if confirmations is not None and len(confirmations):
+    has_runs = confirmations is not None and len(confirmations) > 0
+    if has_runs:
         confirmations.to_parquet(root / "confirm.parquet", index=False)
-    ok = scored(df, confirmations)
+    ok = screened(df, sc.selection.alpha)
+    table = confirmed(df, confirmations, sc.selection) if has_runs else None
     best = select_best(df, sc.selection, confirmations)
     chosen_id = None if best is None else best["trial_id"]
     title = f"{root.name} on {sc.card.name}"
-    plots.plot_pareto(df, ok, confirmations, chosen_id, root / "pareto.png", sc.card.usable_bytes / MiB, title,
+    plots.plot_pareto(df, ok, table, confirmations, chosen_id, root / "pareto.png", sc.card.usable_bytes / MiB, title,
                       [*sc.space.param_names(), "plan"])
     budget = sc.space.budget
     rungs = (report.rung_epochs(budget.grace_period, budget.reduction_factor, budget.epochs)
              if sc.space.scheduler == "asha" else [])
     plots.plot_curves(df, root / "curves.png", rungs, 1.0 / sc.num_classes if sc.num_classes else None, title)
     cfg = None if best is None else write_best_config(best, sc, root / "best_config.yaml")
-    (root / "report.md").write_text(report.report_text(sc, df, ok, best, confirmations))
-    print("\n" + "\n".join(report.summary_lines(sc, best, report.reference_row(ok, sc.space.baseline_names))) +
+    (root / "report.md").write_text(report.report_text(sc, df, ok, best, confirmations, table))
+    reference = report.default_row(ok, table, df, sc.space.baseline_names)
+    print("\n" + "\n".join(report.summary_lines(sc, best, reference, confirmations)) +
           f"\n\nFull report: {root / 'report.md'}")
     return cfg

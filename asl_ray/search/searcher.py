@@ -103,6 +103,12 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
                                       n_startup_trials=min(10, max(2, space.budget.trials // 4)))
 
 
+def objective_values(result: Mapping[str, Any]) -> list[float]:
+    """A finished trial's objectives: its last epoch's accuracy and its run's samples/s, the median over its
+    epochs (one epoch's figure is one draw)."""
+    return [float(result["val_acc"]), float(result.get("samples_per_s_median", result["samples_per_s"]))]
+
+
 def epochs_done(result: Mapping[str, Any]) -> int:
     return int(result.get(EPOCHS_DONE, 0))
 
@@ -302,8 +308,7 @@ class FitAwareSearch(Searcher):
         elif epochs_done(result) < self._max_epochs:
             self._tell(trial_id, None, optuna.trial.TrialState.PRUNED)  # stopped early by the scheduler
         else:
-            self._tell(trial_id, [float(result[m]) for m in METRICS], optuna.trial.TrialState.COMPLETE,
-                       infeasible=0.0)
+            self._tell(trial_id, objective_values(result), optuna.trial.TrialState.COMPLETE, infeasible=0.0)
 
     def _tell(self, trial_id: str, values, state, infeasible: Optional[float] = None) -> None:
         trial = self._running.pop(trial_id)

@@ -1,19 +1,24 @@
-"""Which finished config the search recommends, with every accuracy carrying its noise. No Ray here.
+"""Which config the search recommends, each estimate with its noise. No Ray here; the arithmetic is decide.py's.
 
-Each validation accuracy is an estimate. One run's standard error is binomial, sqrt(p(1-p)/n), with n the
-validation size (`val_samples`). Where the run-to-run spread was measured (the confirmation stage: a
-finalist's own search run plus its K fresh-seed runs), a finalist's accuracy is the mean of its k runs
-and its SE is s / sqrt(k), with s = max(pooled run-to-run sd over every confirmed finalist, the binomial
-SE of one run at that mean); every unconfirmed single run's SE becomes max(binomial, pooled sd) too
-(`acc_source` says which of the two it is). Every config is scored on the same held-out signers, so what
-separates two configs is the run-to-run spread (init, data order, augmentation), which the binomial
-figure stands in for until seeds measure it; the binomial floor keeps a spread measured from a few runs
-from looking smaller than one run's noise.
+Search runs choose the finalists; only the finalists' confirmation runs estimate them.
 
-The default rule, "noise-aware": the best is the highest accuracy (mean); a config is *credibly below the
-best* when (best.mean - x.mean) > z * sqrt(best.se^2 + x.se^2), z one-sided (default 1.645: 95%); of the
-configs not credibly below the best, the fastest (training samples/s with its chosen plan) is picked.
-Only finished, feasible trials (status ok: every epoch run, within memory) compete.
+- **Search runs** are one run each, selected for being high (the best of many is a noisy maximum), so they only
+  nominate. Each carries one run's binomial SE, sqrt(p(1-p)/n) with n the validation size (`val_samples`): a
+  floor, since the run-to-run spread (init, data order, augmentation) comes on top and is not known yet. A config
+  is a *contender* while it is not credibly below the most accurate, at the max-adjusted critical value for the
+  number of finished configs (decide.not_credibly_below_best). Finalists, in this order: the most accurate
+  search run, the seed's default config (so "indistinguishable from the default" is always an answer), then the
+  fastest contenders, up to `count` (never fewer than those two).
+- **Confirmation runs** re-train every finalist on the same (fold, seed) pairs: fold decides the held-out
+  signers (`split_seed` deals them, never `seed`), the seed the init, order and augmentation, so the runs of two
+  finalists pair up. A finalist's estimate is the mean over its confirmation runs alone (its search run never
+  enters it), SE their sd / sqrt(k); its speed the geometric mean of its runs' median samples/s. The choice is
+  among the confirmed finalists only (decide.choose): the reference is the most accurate by confirmed mean, the
+  equivalent finalists those whose paired difference to it is credibly within `delta`, and of those, the most
+  accurate among the ones the fastest is not credibly faster than.
+
+Without confirmation runs (`--confirm 0`) the pick is the fastest contender by search runs: unconfirmed, and the
+report says so. Only finished, feasible trials (status ok: every epoch run, within memory) compete.
 """
 from __future__ import annotations
 
@@ -21,14 +26,19 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from asl_ray.config import ConfigError
+from asl_ray import stats
+from asl_ray.search import decide
 
-SELECT_RULES = ("noise-aware", "most-accurate", "fastest", "fastest-within-margin")
-ESTIMATE_COLUMNS = ("acc_mean", "acc_se", "acc_runs", "acc_source")
+SELECT_RULES = ("noise-aware", "most-accurate", "fastest")
 DEFAULT_BASELINE = "default"
 """The `baseline` name of the seed's own TrainConfig (the space's `baselines: [default]`)."""
+SEARCH_RUN, CONFIRMATION_RUNS = "search run", "confirmation runs"
+"""acc_source: one search run with its binomial SE, or the mean of a finalist's confirmation runs."""
+PAIR_KEYS = ("fold", "seed")
 
 
 def seed_baseline(baseline_names) -> Optional[str]:
@@ -41,32 +51,36 @@ def seed_baseline(baseline_names) -> Optional[str]:
 @dataclass(frozen=True)
 class Selection:
     rule: str = "noise-aware"
-    """How the recommended config is chosen among finished, feasible trials (one of SELECT_RULES)."""
-    z: float = 1.645
-    """noise-aware: one-sided z of the 'credibly below the best' test (1.645: 95%)."""
-    margin: float = 0.01
-    """fastest-within-margin: accuracy (absolute) a config may give up against the most accurate."""
+    """How the recommended config is chosen (one of SELECT_RULES): noise-aware weighs accuracy and speed with
+    their noise; most-accurate and fastest take the highest estimate of one."""
+    alpha: float = 0.05
+    """One-sided error rate of every test: the screening's max-adjusted z, the equivalence test (split over the
+    finalists compared), the speed test."""
+    delta: float = 0.02
+    """Equivalence margin (accuracy, absolute): a finalist credibly within it of the most accurate one counts as
+    equally accurate, and then speed decides."""
 
     def __post_init__(self) -> None:
         problems = []
         if self.rule not in SELECT_RULES:
             problems.append(f"--select: must be one of {', '.join(SELECT_RULES)}, got {self.rule!r}")
-        if not _finite_number(self.z) or self.z <= 0:
-            problems.append(f"--z: must be a finite number > 0, got {self.z!r}")
-        if not _finite_number(self.margin) or not 0 <= self.margin < 1:
-            problems.append(f"--margin: must be a finite number in [0, 1), got {self.margin!r}")
+        if not _finite_number(self.alpha) or not 0 < self.alpha < 0.5:
+            problems.append(f"--alpha: must be a finite number in (0, 0.5), got {self.alpha!r}")
+        if not _finite_number(self.delta) or not 0 <= self.delta < 1:
+            problems.append(f"--delta: must be a finite number in [0, 1), got {self.delta!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 
     def describe(self) -> str:
         if self.rule == "noise-aware":
-            return (f"noise-aware: the fastest config not credibly below the most accurate one, where x is "
-                    f"credibly below the best when best.mean - x.mean > {self.z:g} x sqrt(best.se^2 + x.se^2) "
-                    f"(one-sided z {self.z:g})")
-        if self.rule == "fastest-within-margin":
-            return f"fastest-within-margin: highest samples/s within {self.margin:.3f} accuracy of the best"
-        return {"most-accurate": "most-accurate: highest validation accuracy",
-                "fastest": "fastest: highest samples/s"}[self.rule]
+            return (f"noise-aware: among the confirmed finalists, those whose accuracy is credibly within "
+                    f"delta {self.delta:g} of the most accurate one (paired differences over the same (fold, seed) "
+                    f"runs, one-sided t bound at alpha {self.alpha:g} split over the finalists), then the most "
+                    f"accurate of those the fastest is not credibly faster than (paired log speed ratio); without "
+                    f"confirmation runs, the fastest search run not credibly below the most accurate one "
+                    f"(max-adjusted z at alpha {self.alpha:g}), unconfirmed")
+        return {"most-accurate": "most-accurate: highest validation accuracy (confirmed mean where confirmed)",
+                "fastest": "fastest: highest samples/s (confirmed where confirmed)"}[self.rule]
 
 
 def _finite_number(v) -> bool:
@@ -90,53 +104,19 @@ def binomial_se(p, n):
     return math.sqrt(p * (1 - p) / n)
 
 
-def pooled_sd(runs: dict[str, list[float]]) -> float:
-    """Run-to-run sd pooled over groups of repeated runs: sqrt(sum (k-1) s^2 / sum (k-1)); NaN without
-    any group of two runs or more."""
-    dof = sum(len(v) - 1 for v in runs.values() if len(v) > 1)
-    if not dof:
-        return float("nan")
-    ss = sum(pd.Series(v).var(ddof=1) * (len(v) - 1) for v in runs.values() if len(v) > 1)
-    return math.sqrt(ss / dof)
+# ---- search runs: nominate ------------------------------------------------------------------------------------
 
-
-def accuracy_estimates(trials: pd.DataFrame, confirmations: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-    """acc_mean, acc_se, acc_runs, acc_source for each finished trial (indexed like those rows).
-    `confirmations`: rows of confirm.parquet (finalist = the trial id a run re-trains); runs not ok are
-    left out. acc_source: "seeds" where the SE is the measured run-to-run spread, "binomial" where it
-    is one run's binomial SE (the larger of the two counts)."""
-    ok = trials[finished(trials)]
+def screened(trials: pd.DataFrame, alpha: float = Selection.alpha) -> pd.DataFrame:
+    """The finished trials with their one-run estimates (acc_mean = val_acc, acc_se its binomial SE, NaN where the
+    validation size is unknown) and `contender`: not credibly below the most accurate at the max-adjusted z."""
+    ok = trials[finished(trials)].copy()
     n = ok["val_samples"] if "val_samples" in ok else pd.Series(float("nan"), index=ok.index)
-    runs = {tid: [acc] for tid, acc in zip(ok["trial_id"], ok["val_acc"])}
-    if confirmations is not None and len(confirmations):
-        done = confirmations[(confirmations["status"] == "ok") & confirmations["finalist"].isin(runs)]
-        for finalist, acc in zip(done["finalist"], done["val_acc"]):
-            runs[finalist].append(float(acc))
-    spread = pooled_sd(runs)
-    out = pd.DataFrame(index=ok.index, columns=list(ESTIMATE_COLUMNS))
-    for i, tid, size in zip(ok.index, ok["trial_id"], n):
-        values = runs[tid]
-        mean = sum(values) / len(values)
-        one_run = binomial_se(mean, size)
-        seeds_win = not math.isnan(spread) and not one_run > spread  # an unknown n leaves the spread
-        s = spread if seeds_win else one_run
-        out.loc[i] = (mean, s / math.sqrt(len(values)), len(values), "seeds" if seeds_win else "binomial")
-    return out.astype({"acc_mean": float, "acc_se": float, "acc_runs": int, "acc_source": str})
-
-
-def scored(trials: pd.DataFrame, confirmations: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-    """The finished trials with their accuracy estimates as extra columns."""
-    ok = trials[finished(trials)].drop(columns=[c for c in ESTIMATE_COLUMNS if c in trials])
-    return ok.join(accuracy_estimates(trials, confirmations))
-
-
-def credibly_below(best: pd.Series, others: pd.DataFrame | pd.Series, z: float):
-    """(best.mean - x.mean) > z * sqrt(best.se^2 + x.se^2); an unknown SE counts as 0."""
-    se2 = others["acc_se"] ** 2
-    se2 = se2.fillna(0.0) if isinstance(se2, pd.Series) else (se2 if pd.notna(se2) else 0.0)
-    best_se2 = best["acc_se"] ** 2 if pd.notna(best["acc_se"]) else 0.0
-    tolerance = z * (best_se2 + se2) ** 0.5
-    return (best["acc_mean"] - others["acc_mean"]) > tolerance
+    ok["acc_mean"] = ok["val_acc"].astype(float)
+    ok["acc_se"] = binomial_se(ok["acc_mean"], n).astype(float)
+    ok["acc_runs"] = 1
+    ok["acc_source"] = SEARCH_RUN
+    ok["contender"] = decide.not_credibly_below_best(ok["acc_mean"], ok["acc_se"], alpha)
+    return ok
 
 
 def _most_accurate(ok: pd.DataFrame) -> pd.Series:
@@ -147,56 +127,133 @@ def _fastest_first(ok: pd.DataFrame) -> pd.DataFrame:
     return ok.sort_values(["samples_per_s", "acc_mean"], ascending=False, na_position="last")
 
 
-def contenders(ok: pd.DataFrame, z: float) -> pd.DataFrame:
-    """Scored finished trials not credibly below the most accurate, fastest first."""
-    best = _most_accurate(ok)
-    return _fastest_first(ok[~credibly_below(best, ok, z)])
+def finalists(trials: pd.DataFrame, selection: Selection, count: int, reference: Optional[str] = None) -> list[str]:
+    """Trial ids to re-train on the confirmation pairs, each once: the most accurate finished trial, the seed's
+    default config (baseline `reference`; re-trained in full when ASHA stopped it, not when it was infeasible),
+    then the contenders fastest first (most accurate first under rule most-accurate), up to `count` in all but
+    never without the first two. `reference` None: `seed_baseline` of the baselines in row order (Optuna runs
+    them first, in the space's order); pass `seed_baseline(space.baseline_names)` to be exact."""
+    ok = screened(trials, selection.alpha)
+    if ok.empty:
+        return []
+    if "baseline" in trials:
+        reference = reference or seed_baseline(dict.fromkeys(trials["baseline"].fillna("")))
+        default = trials[(trials["baseline"] == reference) & trials["feasible"].astype(bool)][:1]
+        if len(default) and default.index[0] not in ok.index:  # stopped early: re-trained, never a contender
+            ok = pd.concat([ok, default.assign(acc_mean=np.nan, acc_se=np.nan, contender=False)])
+        default_at = ok.index.get_loc(default.index[0]) if len(default) else None
+    else:
+        default_at = None
+    order = decide.finalists(ok["acc_mean"], ok["acc_se"], ok["samples_per_s"], count, selection.alpha,
+                             default=default_at, by_accuracy=selection.rule == "most-accurate")
+    return [ok["trial_id"].iloc[i] for i in order]
+
+
+# ---- confirmation runs: estimate and choose -----------------------------------------------------------------
+
+CONFIRMED_COLUMNS = ("acc_mean", "acc_se", "acc_runs", "acc_source", "samples_per_s", "search_val_acc",
+                     "search_samples_per_s", "runs_failed", "competing", "reference", "diff_vs_reference",
+                     "diff_upper", "equivalent", "speed_ratio", "speed_ratio_low", "speed_ratio_high", "tied",
+                     "picked")
+"""What `confirmed` adds to a finalist's trial row (samples_per_s and acc_* replaced by the confirmed ones)."""
+
+
+def pair_label(fold, seed) -> str:
+    return f"f{int(fold)}/s{int(seed)}"
+
+
+def confirmation_matrix(confirmations: pd.DataFrame, finalist_ids: list[str], column: str) -> pd.DataFrame:
+    """finalist x (fold, seed) pair: `column` of the ok runs, NaN where a run is missing or did not finish."""
+    runs = confirmations.assign(pair=[pair_label(f, s) for f, s in zip(_folds(confirmations), confirmations["seed"])])
+    done = runs[runs["status"] == "ok"]
+    pairs = list(dict.fromkeys(runs["pair"]))
+    table = done.pivot_table(index="finalist", columns="pair", values=column, aggfunc="first")
+    return table.reindex(index=finalist_ids, columns=pairs).astype(float)
+
+
+def _folds(confirmations: pd.DataFrame) -> pd.Series:
+    """A confirm.parquet written before folds were recorded ran fold 0 only."""
+    return confirmations["fold"].fillna(0) if "fold" in confirmations else pd.Series(0, index=confirmations.index)
+
+
+def confirmed(trials: pd.DataFrame, confirmations: pd.DataFrame, selection: Selection) -> pd.DataFrame:
+    """One row per finalist, in the order they were confirmed: its trial row with its confirmed estimates
+    (CONFIRMED_COLUMNS) and what the rule decided. A finalist competes only when every one of its runs finished."""
+    ids = [f for f in dict.fromkeys(confirmations["finalist"]) if f in set(trials["trial_id"])]
+    rows = trials.set_index("trial_id").loc[ids].reset_index()
+    acc = confirmation_matrix(confirmations, ids, "val_acc")
+    speed = confirmation_matrix(confirmations, ids, "samples_per_s")
+    log_speed = np.log(speed.where(speed > 0))
+    failed = confirmations[confirmations["status"] != "ok"].groupby("finalist").size()
+    runs = acc.notna().sum(axis=1)
+    competing = ((runs == acc.shape[1]) & (runs > 0) & rows["feasible"].astype(bool).to_numpy()).to_numpy()
+    out = rows.assign(search_val_acc=rows["val_acc"], search_samples_per_s=rows["samples_per_s"])
+    out["acc_mean"] = acc.mean(axis=1).to_numpy()
+    out["acc_se"] = (acc.std(axis=1, ddof=1) / np.sqrt(runs.where(runs > 1))).to_numpy()
+    out["acc_runs"] = runs.to_numpy()
+    out["acc_source"] = CONFIRMATION_RUNS
+    out["samples_per_s"] = np.exp(log_speed.mean(axis=1)).to_numpy()
+    out["runs_failed"] = [int(failed.get(f, 0)) for f in ids]
+    out["competing"] = competing
+    out["reference"] = out["equivalent"] = out["tied"] = out["picked"] = False
+    for column in ("diff_vs_reference", "diff_upper", "speed_ratio", "speed_ratio_low", "speed_ratio_high"):
+        out[column] = np.nan
+    if not competing.any():
+        return out
+    choice = decide.choose(acc.to_numpy(), log_speed.to_numpy(), selection.delta, selection.alpha, competing)
+    pick = {"noise-aware": choice.pick, "most-accurate": choice.reference,
+            "fastest": int(np.argmax(np.where(competing, out["samples_per_s"].fillna(-np.inf), -np.inf)))
+            }[selection.rule]
+    level = selection.alpha / max(1, int(competing.sum()) - 1)  # the level choose tests equivalence at
+    index = np.arange(len(ids))
+    out["reference"] = index == choice.reference
+    out["diff_vs_reference"] = [d.mean for d in choice.accuracy]
+    out["diff_upper"] = [d.upper(level) for d in choice.accuracy]
+    out["equivalent"] = choice.equivalent
+    out["tied"] = choice.tied
+    out["picked"] = index == pick
+    ratios = [_ratio(stats.paired(log_speed.iloc[pick], log_speed.iloc[f]), selection.alpha) for f in index]
+    out["speed_ratio"], out["speed_ratio_low"], out["speed_ratio_high"] = map(list, zip(*ratios))
+    return out
 
 
 def select_best(trials: pd.DataFrame, selection: Selection,
                 confirmations: Optional[pd.DataFrame] = None) -> Optional[pd.Series]:
-    """The recommended trial's row, with acc_mean/acc_se/acc_runs/acc_source; None if none finished."""
-    ok = scored(trials, confirmations)
+    """The recommended trial's row with its estimates (acc_mean, acc_se, acc_runs, acc_source, samples_per_s):
+    a confirmed finalist when there are confirmation runs, else the screening's pick; None if nothing finished."""
+    if confirmations is not None and len(confirmations):
+        table = confirmed(trials, confirmations, selection)
+        picked = table[table["picked"]]
+        return picked.iloc[0] if len(picked) else None
+    ok = screened(trials, selection.alpha)
     if ok.empty:
         return None
     if selection.rule == "most-accurate":
         return _most_accurate(ok)
     if selection.rule == "fastest":
         return _fastest_first(ok).iloc[0]
-    if selection.rule == "fastest-within-margin":
-        return _fastest_first(ok[ok["acc_mean"] >= ok["acc_mean"].max() - selection.margin]).iloc[0]
-    return contenders(ok, selection.z).iloc[0]
+    return _fastest_first(ok[ok["contender"]]).iloc[0]
 
 
-def finalists(trials: pd.DataFrame, selection: Selection, count: int,
-              reference: Optional[str] = None) -> list[str]:
-    """Trial ids worth re-training with fresh seeds, at most `count`, each once, in this order: the
-    selection's pick (the noise-aware one by default), the most accurate, the seed's default config
-    (baseline `reference`) if it finished, then the next fastest configs not credibly below the most
-    accurate (at `selection.z`). Configs credibly below the best are never finalists: more seeds would
-    not change the pick. Fewer than `count` when fewer qualify; [] when none finished.
-    `reference` None: `seed_baseline` of the baselines in row order (Optuna runs them first, in the
-    space's order); pass `seed_baseline(space.baseline_names)` to be exact."""
-    ok = scored(trials)
-    if ok.empty or count < 1:
-        return []
-    order = [select_best(trials, selection)["trial_id"], _most_accurate(ok)["trial_id"]]
-    if "baseline" in ok:
-        reference = reference or seed_baseline(dict.fromkeys(trials["baseline"].fillna("")))
-        order += list(ok.loc[ok["baseline"] == reference, "trial_id"][:1])
-    order += list(contenders(ok, selection.z)["trial_id"])
-    return list(dict.fromkeys(order))[:count]
+def paired_against(confirmations: pd.DataFrame, a: str, b: str, alpha: float) -> dict[str, float]:
+    """a vs b on their shared confirmation pairs: accuracy difference a - b with its two-sided (1 - 2 alpha) t
+    interval, and the speed ratio a / b with its interval; NaN bounds below two pairs."""
+    acc = confirmation_matrix(confirmations, [a, b], "val_acc")
+    speed = np.log(confirmation_matrix(confirmations, [a, b], "samples_per_s"))
+    d = stats.paired(acc.iloc[0], acc.iloc[1])
+    ratio, ratio_low, ratio_high = _ratio(stats.paired(speed.iloc[0], speed.iloc[1]), 2 * alpha)
+    return {"pairs": d.n, "diff": d.mean, "diff_low": _finite(d.lower(alpha)), "diff_high": _finite(d.upper(alpha)),
+            "diff_sd": d.sd, "ratio": ratio, "ratio_low": ratio_low, "ratio_high": ratio_high}
 
 
-def indistinguishable(a_row: pd.Series, b_row: pd.Series, z: float = 1.96) -> bool:
-    """|a.mean - b.mean| <= z * sqrt(a.se^2 + b.se^2) (two-sided; 1.96: 95%). A row without acc_mean /
-    acc_se (a raw trial row) is taken as one run: val_acc with its binomial SE."""
-    (ma, sa), (mb, sb) = _estimate(a_row), _estimate(b_row)
-    se2 = (0.0 if math.isnan(sa) else sa ** 2) + (0.0 if math.isnan(sb) else sb ** 2)
-    return abs(ma - mb) <= z * math.sqrt(se2)
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else math.nan
 
 
-def _estimate(row: pd.Series) -> tuple[float, float]:
-    if "acc_mean" in row and pd.notna(row["acc_mean"]):
-        return float(row["acc_mean"]), float(row["acc_se"])
-    return float(row["val_acc"]), float(binomial_se(float(row["val_acc"]), row.get("val_samples", float("nan"))))
+def _ratio(log_ratio: stats.Paired, alpha: float) -> tuple[float, float, float]:
+    """A paired log speed ratio as (ratio, two-sided (1 - alpha) interval); NaN bounds below two pairs."""
+    if not log_ratio.n:
+        return math.nan, math.nan, math.nan
+    low, high = log_ratio.lower(alpha / 2), log_ratio.upper(alpha / 2)
+    return (math.exp(log_ratio.mean), math.exp(low) if math.isfinite(low) else math.nan,
+            math.exp(high) if math.isfinite(high) else math.nan)

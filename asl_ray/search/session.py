@@ -1,5 +1,6 @@
 """One search from start to finish, in stages: Ray up; the main Tune experiment (its rows written to
-trials.parquet at once); the confirmation runs of the finalists (`--confirm K`); then the result files
+trials.parquet at once); the confirmation runs of the finalists (`--confirm K`, `--confirm-folds F`); then the result
+files
 (best_config.yaml only once every run is in) and the summary. Ctrl-C in either Tune stage exits 130 with the
 command that finishes it; `--resume` skips what is done (a finished main search is read back from
 trials.parquet, finished confirmation runs are not run again).
@@ -68,13 +69,15 @@ def _confirmation(sc: SearchConfig, df: pd.DataFrame):
     if path.exists():  # a resume re-trains the finalists chosen before the interruption
         finalist_ids = json.loads(path.read_text())
     else:
-        finalist_ids = select.finalists(df, sc.selection, sc.finalists)
+        finalist_ids = select.finalists(df, sc.selection, sc.finalists,
+                                        reference=select.seed_baseline(sc.space.baseline_names))
         path.write_text(json.dumps(finalist_ids))
     if not finalist_ids:
         print("confirm: no trial finished: nothing to confirm")
         return None
-    print(f"confirm: {len(finalist_ids)} finalists x {sc.confirm_seeds} fresh seeds "
-          f"({', '.join(finalist_ids)}): {len(finalist_ids) * sc.confirm_seeds} runs of "
+    pairs = sc.confirm_folds * sc.confirm_seeds
+    print(f"confirm: {len(finalist_ids)} finalists ({', '.join(finalist_ids)}) x the same {pairs} (fold, seed) pairs "
+          f"({sc.confirm_folds} fold(s) x {sc.confirm_seeds} fresh seeds): {len(finalist_ids) * pairs} runs of "
           f"{sc.space.budget.epochs} epochs; results in {sc.confirm_dir()}", flush=True)
     confirmations = confirm.run_confirmation(sc, df, finalist_ids, resume=sc.resume)
     if confirmations is None:

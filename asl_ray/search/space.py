@@ -18,8 +18,8 @@ candidate values, and each learning config's plan is chosen by measuring a few o
       dim: {type: categorical, choices: [32, 64]}
     plans:
       batch_size: [8, 12, 24, 48]     # gradient_accumulation_steps = effective_batch_size / batch_size
-    plan_search: {mode: measure, warmup_steps: 2, steps: 3, max_plans: 8}
-    confirm: {seeds: 2, finalists: 2}
+    plan_search: {mode: measure, warmup_steps: 2, steps: 3, max_plans: 8, min_batch_size: 8}
+    confirm: {seeds: 2, folds: 1, finalists: 3}
     baselines: [default, configs/fast.yaml, {effective_batch_size: 48, dim: 64, batch_size: 12}]
 
 Everything is checked before Ray starts; every problem is reported in one line naming file and key
@@ -252,6 +252,8 @@ def load_space(path: str | Path) -> SearchSpace:
         plans = {"batch_size": (base.batch_size,), **plans}
     space = dataclasses.replace(space, plans=plans)
     if not problems:
+        _check_micro_batch_floor(space, problems)
+    if not problems:
         _check_divisors(space, "batch_size" in (raw.get("plans") or {}), problems)
     if not problems:
         learning, names, pinned = _baselines(raw.get("baselines", []), space, problems)
@@ -263,6 +265,15 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 # ---- whole-space checks: each appends "key: problem" -----------------------------------------------
+
+def _check_micro_batch_floor(space: SearchSpace, problems: list[str]) -> None:
+    """No plan may use a micro-batch below plan_search.min_batch_size (BatchNorm: it changes what is learned)."""
+    floor = space.plan_search.min_batch_size
+    below = [b for b in space.plans["batch_size"] if b < floor]
+    if below:
+        problems.append(f"plans.batch_size: {below} below plan_search.min_batch_size {floor} (BatchNorm sees the "
+                        f"micro-batch: below it, what is learned changes)")
+
 
 def _check_divisors(space: SearchSpace, listed: bool, problems: list[str]) -> None:
     """Every categorical effective batch (or the fixed / base one) needs a micro-batch that divides it; an
@@ -324,6 +335,10 @@ def _baselines(raw: Any, space: SearchSpace, problems: list[str]
             problems.append(f"{key} ({name}): {', '.join(outside)} outside params")
             continue
         plan = {k: getattr(cfg, k) for k in space.plans if k in explicit}
+        if plan.get("batch_size", space.plan_search.min_batch_size) < space.plan_search.min_batch_size:
+            problems.append(f"{key} ({name}): batch_size {plan['batch_size']} below plan_search.min_batch_size "
+                            f"{space.plan_search.min_batch_size}")
+            continue
         if not _runnable(space, values, plan, f"{key} ({name})", problems):
             continue
         names.append(name)

@@ -9,17 +9,17 @@ import math
 import time
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torch import nn
 
 from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
-from asl_ray.data.dataset import Batch, SequenceDataset, make_loader, participant_split
+from asl_ray.data.dataset import Batch, SequenceDataset, make_loader, split_of
 from asl_ray.model import GISLRModel
 from asl_ray.train.accumulate import make_accumulation
-from asl_ray.train.metrics import MemoryMonitor, ThroughputMeter
+from asl_ray.train.metrics import MemoryMonitor, ThroughputMeter, run_speed
 from asl_ray.train.optim import Lookahead, make_optimizer, make_schedule
 from asl_ray.train.runtime import Runtime, compile_for, compile_metrics
 
@@ -120,7 +120,7 @@ def batches_per_epoch(cfg: TrainConfig, loader_batches: int) -> int:
 
 def setup(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime) -> Session:
     torch.manual_seed(cfg.seed)
-    train_idx, val_idx = participant_split(cache.participants, cfg.num_folds, cfg.fold, cfg.seed)
+    train_idx, val_idx = split_of(cfg, cache.participants)
     train_set = SequenceDataset(cache, train_idx, cfg, train=True)
     val_set = SequenceDataset(cache, val_idx, cfg, train=False)
     train_loader = make_loader(train_set, cfg, train=True, pin_memory=runtime.pin_memory)
@@ -135,13 +135,15 @@ def setup(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime) -> Session:
                    MemoryMonitor(runtime.device))
 
 
-def train_epoch(s: Session) -> dict[str, float]:
+def train_epoch(s: Session, stop: Optional[Callable[[ThroughputMeter], bool]] = None) -> dict[str, float]:
+    """One epoch of training. `stop` (the plan probe): the meter times every optimizer step, and the epoch ends at
+    the first step boundary where `stop(meter)` says enough was measured."""
     cfg, rt = s.cfg, s.runtime
     s.model.train()
     s.model.late_dropout_active = s.epoch >= cfg.late_dropout_start_epoch
     s.train_set.set_epoch(s.epoch)
     s.train_loader.batch_sampler.set_epoch(s.epoch)
-    meter = ThroughputMeter(rt, cfg.throughput_warmup_steps)
+    meter = ThroughputMeter(rt, cfg.throughput_warmup_steps, per_step=stop is not None)
     n = s.batches_per_epoch()
     # Counted on the device: no host sync per batch.
     loss_sum = torch.zeros((), device=rt.device)
@@ -157,6 +159,9 @@ def train_epoch(s: Session) -> dict[str, float]:
             rt.empty_cache()
         if i % 16 == 0:
             s.memory.sample()
+        if stop is not None and at_boundary and stop(meter):
+            n = i + 1
+            break
     bad = int(nonfinite)
     return {"train_loss": float(loss_sum) / max(1, n - bad), "nonfinite_losses": bad, "train_batches": n,
             **meter.result(), **compile_metrics(s.step.model)}
@@ -266,6 +271,7 @@ def fit(cfg: TrainConfig, cache: SequenceCache, reporter: Reporter, runtime: Opt
                   "lr": s.step.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
                   "device": str(runtime.device), "precision": runtime.precision, **compile_metrics(s.step.model),
                   "oom": False, "feasible": True, "status": "ok"}
+        result.update(run_speed([*s.history, result]))
         s.history.append(result)
         reporter.epoch_end(result, checkpoint_state(s))
         s.epoch += 1

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import psutil
 import torch
 
@@ -32,13 +33,18 @@ class ThroughputMeter:
 
     Warm-up batches (loader start, cuDNN autotuning, compilation) are left out; validation never
     enters. If an epoch is too short to have any batch after warm-up, the whole epoch counts.
+    `per_step` (the plan probe): the device is synchronised at every optimizer step after warm-up and each step's
+    seconds kept, so the result carries the figure's noise: the relative SE of the mean step time
+    (`samples_per_s_rel_se`) over `steps_timed` steps.
     """
 
-    def __init__(self, runtime, warmup: int):
-        self.runtime, self.warmup = runtime, warmup
+    def __init__(self, runtime, warmup: int, per_step: bool = False):
+        self.runtime, self.warmup, self.per_step = runtime, warmup, per_step
         self.batches = self.samples = self.steps = 0
         self.all_samples = self.all_steps = 0
         self.start = self.all_start = time.perf_counter()
+        self.step_seconds: list[float] = []
+        self._last_step = self.start
 
     def batch_done(self, samples: int, optimizer_step: bool) -> None:
         self.batches += 1
@@ -46,10 +52,24 @@ class ThroughputMeter:
         self.all_steps += int(optimizer_step)
         if self.batches == self.warmup:
             self.runtime.synchronize()
-            self.start = time.perf_counter()
+            self.start = self._last_step = time.perf_counter()
         elif self.batches > self.warmup:
             self.samples += samples
             self.steps += int(optimizer_step)
+            if self.per_step and optimizer_step:
+                self.runtime.synchronize()
+                now = time.perf_counter()
+                self.step_seconds.append(now - self._last_step)
+                self._last_step = now
+
+    def relative_se(self) -> float:
+        """SE of the mean step time over that mean (per_step only); NaN below two timed steps."""
+        n = len(self.step_seconds)
+        if n < 2:
+            return math.nan
+        mean = sum(self.step_seconds) / n
+        sd = math.sqrt(sum((t - mean) ** 2 for t in self.step_seconds) / (n - 1))
+        return sd / math.sqrt(n) / mean if mean > 0 else math.nan
 
     def result(self) -> dict[str, float]:
         self.runtime.synchronize()
@@ -59,8 +79,22 @@ class ThroughputMeter:
         else:
             seconds, samples, steps = now - self.all_start, self.all_samples, self.all_steps
         seconds = max(seconds, 1e-9)
-        return {"samples_per_s": samples / seconds, "steps_per_s": steps / seconds,
-                "train_seconds": now - self.all_start}
+        out = {"samples_per_s": samples / seconds, "steps_per_s": steps / seconds,
+               "train_seconds": now - self.all_start}
+        if self.per_step:
+            out.update(steps_timed=len(self.step_seconds), samples_per_s_rel_se=self.relative_se())
+        return out
+
+
+def run_speed(history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """A run's samples/s so far: the median of its epochs' figures and their interquartile range. One epoch's
+    figure is one draw (the machine's load, the epoch's length mix): the median of several is the run's speed."""
+    values = sorted(float(h["samples_per_s"]) for h in history
+                    if isinstance(h.get("samples_per_s"), (int, float)) and math.isfinite(h["samples_per_s"]))
+    if not values:
+        return {"samples_per_s_median": math.nan, "samples_per_s_iqr": math.nan}
+    q25, q50, q75 = (float(v) for v in np.quantile(values, [0.25, 0.5, 0.75]))
+    return {"samples_per_s_median": q50, "samples_per_s_iqr": q75 - q25}
 
 
 class _NoDeviceMemory:
