@@ -6,10 +6,13 @@ reports), not nvidia-smi's figure: the driver keeps a few hundred MiB of the lat
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
 from typing import Optional
+
+from asl_ray.config import UserInputError
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
@@ -35,23 +38,24 @@ class CardProfile:
     """Where cuda_total_mib comes from: 'reported: ...' (a published torch figure) or 'computed: ...'."""
 
 
-# CUDA-visible totals. Reported figures: the Linux torch.cuda.mem_get_info() totals quoted in issue 13
-# from public reports (a 12 GB Ada card ~270 MiB below nvidia-smi, RTX 4090 ~357 MiB below,
+# CUDA-visible totals. Reported figures: Linux torch.cuda.mem_get_info() totals from public user reports
+# (a 12 GB Ada card ~270 MiB below nvidia-smi, RTX 4090 ~357 MiB below,
 # A100-80GB ~800 MiB below). Every other card is COMPUTED: its nvidia-smi total minus the reported
 # reserve of the reported card of the nearest size (270 MiB up to 16 GB, 357 MiB for 24 GB,
 # 800 MiB for 40-80 GB, scaled by size above 80 GB). Unmeasured by this project:
 # bench/vram_accuracy.py prints the real figure of the card it runs on.
 CARDS = {
-    "rtx4070": CardProfile(12282, 12010, (8, 9), "reported: 12 GB Ada, 12,010 MiB (issue 13)"),
+    "rtx4070": CardProfile(12282, 12010, (8, 9),
+                           "reported: a 12 GB Ada card's mem_get_info() total, 12,010 MiB (a public user report)"),
     "rtx3060": CardProfile(12288, 12018, (8, 6), "computed: 12288 - 270 MiB (as the 12 GB Ada card)"),
     "rtx4060ti": CardProfile(16380, 16110, (8, 9), "computed: 16380 - 270 MiB"),
     "rtx4080": CardProfile(16376, 16106, (8, 9), "computed: 16376 - 270 MiB"),
-    "rtx4090": CardProfile(24564, 24207, (8, 9), "reported: nvidia-smi 24564 - 357 MiB (issue 13)"),
+    "rtx4090": CardProfile(24564, 24207, (8, 9), "reported: nvidia-smi 24564 - 357 MiB (a public user report)"),
     "t4": CardProfile(15360, 15090, (7, 5), "computed: 15360 - 270 MiB"),
     "l4": CardProfile(23034, 22677, (8, 9), "computed: 23034 - 357 MiB (as the RTX 4090)"),
     "a10g": CardProfile(23028, 22671, (8, 6), "computed: 23028 - 357 MiB (as the RTX 4090)"),
     "a100-40gb": CardProfile(40960, 40160, (8, 0), "computed: 40960 - 800 MiB (as the A100-80GB)"),
-    "a100-80gb": CardProfile(81920, 81120, (8, 0), "reported: nvidia-smi 81920 - 800 MiB (issue 13)"),
+    "a100-80gb": CardProfile(81920, 81120, (8, 0), "reported: nvidia-smi 81920 - 800 MiB (a public user report)"),
     "h100": CardProfile(81559, 80759, (9, 0), "computed: 81559 - 800 MiB (as the A100-80GB)"),
     "h200": CardProfile(143771, 142365, (9, 0), "computed: 143771 - 800 MiB x 143771/81920"),
 }
@@ -61,7 +65,7 @@ CARD_ALIASES = {"a100": "a100-40gb", "a100-40": "a100-40gb", "a100-80": "a100-80
                 "4070": "rtx4070", "rtx-4070": "rtx4070", "4090": "rtx4090", "3060": "rtx3060"}
 
 
-class CardError(ValueError):
+class CardError(UserInputError):
     pass
 
 
@@ -93,9 +97,9 @@ class Card:
 def resolve_card(spec: str, headroom_mb: float = DEFAULT_HEADROOM_MB) -> Card:
     """'rtx4070' | 'auto' | '12' / '12GiB' (a plain size) -> Card. Raises CardError naming the spec."""
     key = spec.strip().lower()
+    if not isinstance(headroom_mb, (int, float)) or not math.isfinite(headroom_mb) or headroom_mb < 0:
+        raise CardError(f"--headroom-mb: must be a finite number >= 0, got {headroom_mb!r}")
     headroom = int(headroom_mb * MiB)
-    if headroom < 0:
-        raise CardError(f"--headroom-mb: must be >= 0, got {headroom_mb}")
     if key == "auto":
         card = detect_card(headroom)
     else:

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, Iterator, NoReturn, Optional, Sequence
 
 import yaml
 
-from asl_ray.config import ConfigError, TrainConfig, field_docs, field_sections
+from asl_ray.config import ConfigError, TrainConfig, UserInputError, field_docs, field_sections
 
 EXIT_BAD_INPUT = 2
 DEFAULT_DATA = Path("data/synth")
@@ -21,6 +22,43 @@ DEFAULT_DATA = Path("data/synth")
 def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_BAD_INPUT)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Every user-input error raised inside (asl_ray.config.UserInputError: a bad flag, file, key or value, found
+    early or late) ends the CLI with its one line and exit code 2, never a traceback."""
+    try:
+        yield
+    except UserInputError as e:
+        fail(str(e))
+
+
+def path_problems(folders: Optional[dict] = None, files: Optional[dict] = None) -> list[str]:
+    """What is wrong with the paths a user gave, each naming its flag: a folder flag (flag -> path or None) must be a
+    folder or not exist yet under a folder; a file flag must be an existing file."""
+    problems = []
+    for flag, path in (folders or {}).items():
+        if path is None:
+            continue
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            problems.append(f"{flag} {path}: exists and is not a folder")
+            continue
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            problems.append(f"{flag} {path}: {parent} is not a folder")
+    for flag, path in (files or {}).items():
+        if path is not None and not Path(path).is_file():
+            problems.append(f"{flag} {path}: " + ("is a folder, not a file" if Path(path).is_dir() else "no such file"))
+    return problems
+
+
+def check_paths(folders: Optional[dict] = None, files: Optional[dict] = None) -> None:
+    """`path_problems`, raised as one UserInputError (every CLI prints it as one line, exit 2)."""
+    problems = path_problems(folders, files)
+    if problems:
+        raise UserInputError("; ".join(problems))
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

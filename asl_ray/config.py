@@ -25,7 +25,12 @@ COMPILE_MODES = ("default", "reduce-overhead")
 NUM_FEATURE_CHANNELS = 708  # 118 points x (x, y) x (position, dx, dx2)
 
 
-class ConfigError(ValueError):
+class UserInputError(ValueError):
+    """Bad input from a user (a flag, a file, a key, a value): every CLI turns it into one line naming it and exit
+    code 2 (asl_ray.cli.user_errors). ConfigError, SpaceError, CardError and DataError are kinds of it."""
+
+
+class ConfigError(UserInputError):
     """A bad configuration value; the message names every offending key."""
 
 
@@ -152,19 +157,6 @@ class TrainConfig:
     `torch.autograd.grad`) instead of AccumulateGrad's `add_` per parameter; the same sums. Holds up to one more
     fp32 copy of the parameters at the end of those backwards (the VRAM estimate counts it)."""
 
-    # ---- fault injection (tests) -------------------------------------------------------------
-    inject_oom_at_step: int = 0
-    """Raise torch.cuda.OutOfMemoryError at this optimizer step (1-based); 0 never does."""
-    inject_nan_at_step: int = 0
-    """Make the loss NaN from this optimizer step on (1-based); 0 never does."""
-    inject_worker_kill_at_epoch: int = 0
-    """Under Ray Train: the worker SIGKILLs itself at the end of this epoch, before reporting it, on a
-    fresh (not resumed) attempt; 0 never does."""
-    inject_worker_kill_in_plan_search: int = 0
-    """The process SIGKILLs itself in the plan search (asl_ray/plan/search.py) right after a plan it measured
-    makes this many of the search's plans present in the plan cache; an attempt that finds that many already
-    cached never does (a resumed trial goes on); 0 never does."""
-
     def __post_init__(self) -> None:
         problems = self.problems()
         if problems:
@@ -224,9 +216,8 @@ class TrainConfig:
             positive(name)
         for name in ("late_dropout_start_epoch", "fold", "min_lr", "warmup_epochs", "weight_decay_ratio",
                      "gradient_clip_val", "num_workers", "empty_cache_every", "throughput_warmup_steps",
-                     "max_steps_per_epoch", "split_seed",
-                     "inject_oom_at_step", "inject_nan_at_step", "inject_worker_kill_at_epoch",
-                     "inject_worker_kill_in_plan_search", "seed", "cudnn_workspace_cap_mb"):
+                     "max_steps_per_epoch", "split_seed", "seed",
+                     "cudnn_workspace_cap_mb"):
             non_negative(name)
         for name in ("drop_path", "attn_dropout", "late_dropout", "label_smoothing"):
             fraction(name)

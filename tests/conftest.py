@@ -1,12 +1,20 @@
-"""Shared fixtures: one small synthetic data root and its cache per test session."""
+"""Shared fixtures: one small synthetic data root and its cache per test session, and the fault-injection rules."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
+from asl_ray import faults
 from asl_ray.config import TrainConfig
+
+# Set at import, before any test starts a Ray: Ray's workers and the CLIs run in subprocesses inherit it, and each
+# reads the file when a run starts (asl_ray/faults.py). A subprocess that imports this module keeps its parent's.
+FAULTS_FILE = Path(os.environ.setdefault(faults.ENV, str(Path(tempfile.mkdtemp(prefix="asl-ray-faults-"))
+                                                        / "faults.json")))
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_FIXTURE = REPO.parent / "shared" / "fixtures" / "gislr-real"
@@ -18,6 +26,13 @@ TINY = dict(dim=64, depth=1, max_len=64, batch_size=16, gradient_accumulation_st
 
 def tiny_config(**overrides) -> TrainConfig:
     return TrainConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture
+def inject():
+    """inject(rule, ...): the fault rules for this test (asl_ray/faults.py); none after it."""
+    yield lambda *rules: faults.write_rules(FAULTS_FILE, *rules)
+    faults.write_rules(FAULTS_FILE)
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +71,10 @@ def ray_local():
     ray.shutdown()
 
 
+SEARCH_FAULTS = ({"when": {"kernel_size": 5}, "oom_at_step": 5}, {"when": {"kernel_size": 7}, "nan_at_step": 2})
+"""The fault rules `write_search_space`'s fault knob needs (pass them to the `inject` fixture): kernel_size 5 runs
+out of memory at its 5th optimizer step, 7's loss turns NaN at its 2nd."""
+
 SMOKE_PLAN_SEARCH = {"warmup_steps": 0, "steps": 1, "max_plans": 2}
 """One timed optimizer step per plan, at most two plans per learning config: the plan search stays seconds."""
 
@@ -63,7 +82,8 @@ SMOKE_PLAN_SEARCH = {"warmup_steps": 0, "steps": 1, "max_plans": 2}
 def write_search_space(path: Path, *, plan_search: Optional[dict] = None, confirm: Optional[dict] = None,
                        baselines: Optional[list] = None, **budget) -> Path:
     """A two-level search space small enough for CI, on a 0.7 GiB 'card'. Learning params: the effective batch,
-    max_len and two test hooks; plans: the micro-batch. The baselines pin their plans: the first fits and trains
+    max_len and kernel_size, the fault knob (with SEARCH_FAULTS injected: 5 and 7 fail; 17 is the default's);
+    plans: the micro-batch. The baselines pin their plans: the first fits and trains
     (8 x 2), the second (64 x 1 at max_len 512) cannot fit, the third runs out of memory at its 5th optimizer step
     (16 x 1: the plan search times 2 to 4 steps per plan, at least 2 for a spread and at most MAX_STEPS_FACTOR x
     steps, so the OOM fires in training, after it), the fourth's loss turns NaN at its 2nd step (16 x 2: a probe
@@ -77,17 +97,16 @@ def write_search_space(path: Path, *, plan_search: Optional[dict] = None, confir
                   "throughput_warmup_steps": 1},
         "params": {"effective_batch_size": {"type": "categorical", "choices": [16, 32, 64]},
                    "max_len": {"type": "categorical", "choices": [32, 512]},
-                   # Test hooks as searched keys: a trial that runs out of memory at its 5th step / diverges at its 2nd.
-                   "inject_oom_at_step": {"type": "categorical", "choices": [0, 5]},
-                   "inject_nan_at_step": {"type": "categorical", "choices": [0, 2]}},
+                   # The fault knob (SEARCH_FAULTS): 5 runs out of memory at its 5th step, 7 diverges at its 2nd.
+                   "kernel_size": {"type": "categorical", "choices": [17, 5, 7]}},
         "plans": {"batch_size": [8, 16, 64]},
         "plan_search": {"mode": "measure", **SMOKE_PLAN_SEARCH, **(plan_search or {})},
         "confirm": {"seeds": 0, "finalists": 2, **(confirm or {})},
         "baselines": baselines if baselines is not None else [
             {"effective_batch_size": 16, "max_len": 32, "batch_size": 8},
             {"effective_batch_size": 64, "max_len": 512, "batch_size": 64},
-            {"effective_batch_size": 16, "max_len": 32, "inject_oom_at_step": 5, "batch_size": 16},
-            {"effective_batch_size": 32, "max_len": 32, "inject_nan_at_step": 2, "batch_size": 16}],
+            {"effective_batch_size": 16, "max_len": 32, "kernel_size": 5, "batch_size": 16},
+            {"effective_batch_size": 32, "max_len": 32, "kernel_size": 7, "batch_size": 16}],
     }
     path.write_text(f"# python -m asl_ray.search --space {path.name}\n" + yaml.safe_dump(space, sort_keys=False))
     return path

@@ -210,14 +210,15 @@ def test_missing_data_root_is_named(tmp_path, capsys):
     assert str(tmp_path / "nowhere") in expect_bad_input(ablate_main, capsys, "--data", str(tmp_path / "nowhere"))
 
 
-def test_a_variant_that_runs_out_of_memory_is_marked_and_not_run_again(synth_cache):
+def test_a_variant_that_runs_out_of_memory_is_marked_and_not_run_again(synth_cache, inject):
     from asl_ray.ablate.__main__ import _measure_or_mark_oom
     from asl_ray.ablate.results import VariantRuns, row
     from asl_ray.ablate.variants import Ablation
     base = VariantRuns(None)
     base.runs.append(_measure_or_mark_oom(base, tiny_config(), synth_cache, 1, torch.device("cpu"), "rtx4070", "t"))
-    v = VariantRuns(Ablation("oom", {"inject_oom_at_step": 1}))  # the loop's own OOM hook, raised in TrainStep
-    assert _measure_or_mark_oom(v, tiny_config(inject_oom_at_step=1), synth_cache, 1, torch.device("cpu"),
+    inject({"when": {"dim": 48}, "oom_at_step": 1})  # the loop's own OOM hook, raised in TrainStep
+    v = VariantRuns(Ablation("oom", {"dim": 48}))
+    assert _measure_or_mark_oom(v, tiny_config(dim=48), synth_cache, 1, torch.device("cpu"),
                                 "rtx4070", "t") is None
     assert v.skipped == "out of memory on rtx4070" and v.runs == []
     r = row(v, base)

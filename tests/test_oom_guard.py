@@ -8,8 +8,9 @@ from asl_ray.train.loop import fit
 from conftest import tiny_config
 
 
-def test_injected_oom_becomes_an_infeasible_result(synth_cache, tmp_path):
-    cfg = tiny_config(epochs=2, max_steps_per_epoch=6, gradient_accumulation_steps=2, inject_oom_at_step=2)
+def test_injected_oom_becomes_an_infeasible_result(synth_cache, tmp_path, inject):
+    inject({"oom_at_step": 2})
+    cfg = tiny_config(epochs=2, max_steps_per_epoch=6, gradient_accumulation_steps=2)
     result = fit(cfg, synth_cache, LocalReporter(tmp_path, log=lambda *_: None))
     assert result["oom"] is True and result["feasible"] is False and result["status"] == "oom"
     assert result["oom_step"] == 2 and result["epoch"] == 0
@@ -17,9 +18,10 @@ def test_injected_oom_becomes_an_infeasible_result(synth_cache, tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["oom"] is True
 
 
-def test_process_runs_the_next_config_after_an_oom(synth_cache, tmp_path):
-    fit(tiny_config(epochs=1, max_steps_per_epoch=2, inject_oom_at_step=1), synth_cache,
-        LocalReporter(None, log=lambda *_: None))
+def test_process_runs_the_next_config_after_an_oom(synth_cache, tmp_path, inject):
+    inject({"when": {"dim": 48}, "oom_at_step": 1})
+    assert fit(tiny_config(epochs=1, max_steps_per_epoch=2, dim=48), synth_cache,
+               LocalReporter(None, log=lambda *_: None))["oom"] is True
     ok = fit(tiny_config(epochs=1, max_steps_per_epoch=2), synth_cache, LocalReporter(None, log=lambda *_: None))
     assert ok["feasible"] is True and ok["oom"] is False
 
@@ -35,8 +37,9 @@ def test_oom_while_building_the_model_is_a_result_too(synth_cache, monkeypatch):
     assert result["oom"] is True and result["oom_step"] == 0 and "2.00 GiB" in result["error"]
 
 
-def test_nan_loss_ends_the_run_as_diverged(synth_cache, tmp_path):
-    cfg = tiny_config(epochs=3, max_steps_per_epoch=6, inject_nan_at_step=2)
+def test_nan_loss_ends_the_run_as_diverged(synth_cache, tmp_path, inject):
+    inject({"nan_at_step": 2})
+    cfg = tiny_config(epochs=3, max_steps_per_epoch=6)
     result = fit(cfg, synth_cache, LocalReporter(tmp_path, log=lambda *_: None))
     assert result["status"] == "diverged" and result["feasible"] is False and result["epoch"] == 0
     assert result["nonfinite_losses"] == 5 and "not finite" in result["error"]

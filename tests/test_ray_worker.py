@@ -29,20 +29,23 @@ def test_torch_trainer_reports_metrics_and_checkpoints_then_resumes(ray_local, s
     assert resumed.metrics["optimizer_steps"] == 3 * result.metrics["optimizer_steps"] // 2
 
 
-def test_oom_in_a_worker_ends_the_run_normally_with_an_infeasible_report(ray_local, synth_cache, tmp_path):
+def test_oom_in_a_worker_ends_the_run_normally_with_an_infeasible_report(ray_local, synth_cache, tmp_path, inject):
     from asl_ray.train.worker import make_trainer, worker_loop_config
 
-    cfg = tiny_config(epochs=2, max_steps_per_epoch=2, dim=32, inject_oom_at_step=1)
+    inject({"oom_at_step": 1})  # the Ray worker reads the rules file too
+    cfg = tiny_config(epochs=2, max_steps_per_epoch=2, dim=32)
     result = make_trainer(worker_loop_config(cfg, synth_cache.path), name="oom", storage_path=str(tmp_path),
                           use_gpu=False).fit()
     assert result.error is None  # no traceback: the trial ended normally
     assert result.checkpoint is None  # nothing trained, nothing saved
 
 
-def test_killed_worker_restarts_from_its_checkpoint_without_double_counting(ray_local, synth_cache, tmp_path):
+def test_killed_worker_restarts_from_its_checkpoint_without_double_counting(ray_local, synth_cache, tmp_path,
+                                                                              inject):
     from asl_ray.train.worker import make_trainer, worker_loop_config
 
-    cfg = tiny_config(epochs=3, max_steps_per_epoch=2, dim=32, inject_worker_kill_at_epoch=1)
+    inject({"kill_at_epoch": 1})
+    cfg = tiny_config(epochs=3, max_steps_per_epoch=2, dim=32)
     result = make_trainer(worker_loop_config(cfg, synth_cache.path), name="killed", storage_path=str(tmp_path),
                           use_gpu=False, max_failures=1).fit()
     assert result.error is None and result.metrics["epoch"] == 2

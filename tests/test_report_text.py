@@ -40,7 +40,7 @@ def test_default_comparison_says_whether_paired_runs_tell_them_apart():
     assert "one search run each, unconfirmed" in decision_report.default_comparison(best, default, None, Selection())
     assert decision_report.default_comparison(best, best, close, Selection()) == \
         "The chosen config is the seed's default config."
-    assert "did not finish" in decision_report.default_comparison(best, None, close, Selection())
+    assert "not among this search" in decision_report.default_comparison(best, None, close, Selection())
 
 
 def _curve_rows(at_rung: list[float], n=400) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import yaml
 from asl_ray.config import load_config_yaml
 from asl_ray.search.__main__ import main as search_main
 from asl_ray.train.__main__ import main as train_main
-from conftest import write_search_space
+from conftest import SEARCH_FAULTS, write_search_space
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,8 @@ def _search(space, synth_root, synth_cache, tmp_path, name, *extra):
                         "--storage-path", str(tmp_path / "runs"), "--name", name, *extra])
 
 
-def test_two_level_search_with_confirmation(ray_local, synth_root, synth_cache, tmp_path, capsys):
+def test_two_level_search_with_confirmation(ray_local, synth_root, synth_cache, tmp_path, capsys, inject):
+    inject(*SEARCH_FAULTS)
     space = write_search_space(tmp_path / "space.yaml", trials=4)
     assert _search(space, synth_root, synth_cache, tmp_path, "e2e", "--confirm", "1", "--finalists", "2") == 0
     root = tmp_path / "runs" / "e2e"
@@ -39,9 +40,9 @@ def test_two_level_search_with_confirmation(ray_local, synth_root, synth_cache, 
     rejected = df[df["status"] == "rejected"]
     assert len(launched) == 4  # configs never launched do not use up the trial budget
     assert set(launched["status"]) <= {"ok", "stopped", "oom", "diverged"}
-    oom = launched[(launched["inject_oom_at_step"] == 5) & (launched["inject_nan_at_step"] == 0)]
+    oom = launched[launched["baseline"] == "baseline2"]  # kernel_size 5, 16 x 1
     assert set(oom["status"]) == {"oom"} and not oom["feasible"].any()  # infeasible, and the search went on
-    nan = launched[(launched["inject_nan_at_step"] == 2) & (launched["inject_oom_at_step"] == 0)]
+    nan = launched[launched["baseline"] == "baseline3"]  # kernel_size 7, 16 x 2: NaN from step 2
     assert set(nan["status"]) == {"diverged"} and not nan["on_pareto_front"].any()  # never the best
     # The second baseline (64 x 1 at max_len 512, its plan pinned) is predicted not to fit 0.7 GiB: recorded,
     # never launched.
@@ -68,8 +69,7 @@ def test_two_level_search_with_confirmation(ray_local, synth_root, synth_cache, 
 
     study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{root / 'optuna.db'}")
     assert study.metric_names == ["val_acc", "samples_per_s"]
-    assert {name for t in study.trials for name in t.params} <= {"effective_batch_size", "max_len",
-                                                                  "inject_oom_at_step", "inject_nan_at_step"}
+    assert {name for t in study.trials for name in t.params} <= {"effective_batch_size", "max_len", "kernel_size"}
     assert all(t.user_attrs.get("status") != "duplicate" and "ray_trial_id" in t.user_attrs for t in study.best_trials)
     assert not [t.number for t in study.trials if t.state.name == "RUNNING"]
     assert sum(1 for t in study.trials if t.user_attrs.get("status") == "rejected") == len(rejected)

@@ -106,7 +106,7 @@ def test_without_a_default_baseline_the_first_baseline_stands_for_the_seed():
 
 
 def test_the_pick_is_always_a_confirmed_finalist():
-    """The issue's reproduction: before, B was the pick; A and B confirmed; the old rule then chose C, a single run
+    """A reproduction of the old rule's flaw: before, B was the pick; A and B confirmed; the old rule then chose C, a single run
     that had been credibly below the best, because one run's SE was smaller than a confirmed mean's spread."""
     df = _trials(("A", 0.56, 100.0), ("B", 0.52, 300.0), ("C", 0.47, 900.0))
     runs = _runs({"A": ([0.46, 0.66, 0.56], [100.0] * 3), "B": ([0.38, 0.58, 0.50], [300.0] * 3)})

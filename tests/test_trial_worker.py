@@ -55,9 +55,11 @@ def test_a_trial_measures_its_plans_trains_the_fastest_and_a_resume_does_not_sea
     assert resumed.metrics["plans_from_cache"] == 0 and resumed.metrics["plan_config/batch_size"] == chosen
 
 
-def test_a_worker_killed_in_its_plan_search_finds_its_measurement_in_the_cache(ray_local, synth_cache, tmp_path):
+def test_a_worker_killed_in_its_plan_search_finds_its_measurement_in_the_cache(ray_local, synth_cache, tmp_path,
+                                                                              inject):
     # The first attempt dies right after its first measurement lands in the cache; the restarted one reads it.
-    result = _trainer(_plans(inject_worker_kill_in_plan_search=1), synth_cache, tmp_path / "plans", "trial-k",
+    inject({"kill_in_plan_search": 1})
+    result = _trainer(_plans(), synth_cache, tmp_path / "plans", "trial-k",
                       tmp_path / "train", max_failures=1).fit()
     assert result.error is None
     m = result.metrics

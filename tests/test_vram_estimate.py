@@ -188,7 +188,7 @@ def test_largest_batch_rejects_a_bad_range():
         largest_batch_that_fits(SMALL, resolve_card("rtx4070"), low=8, high=4)
 
 
-# ---- issue 13: two figures, the fit rule, per-architecture workspaces, the real shape sequence ------
+# ---- two figures, the fit rule, per-architecture workspaces, the real shape sequence ------
 
 def test_fit_verdict_uses_the_least_need_under_free_and_retry_not_the_unconstrained_peak():
     from asl_ray.cards import Card

@@ -24,8 +24,9 @@ from asl_ray.ablate.loader_rate import (loader_margin, loader_text, measure_load
 from asl_ray.ablate.measure import measure
 from asl_ray.ablate.results import NEEDS_GPU, VariantRuns, row
 from asl_ray.ablate.variants import BASE_CLAIM, ablations_for, select
-from asl_ray.cli import OneLineParser, add_config_arguments, fail, open_data_or_fail, parse_overrides
-from asl_ray.config import ConfigError, TrainConfig
+from asl_ray.cli import (OneLineParser, add_config_arguments, check_paths, fail, non_negative_float, open_data_or_fail,
+                         parse_overrides, user_errors)
+from asl_ray.config import TrainConfig, UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where the preprocessed cache lives (default: beside the data)")
     p.add_argument("--gpu", default="rtx4070", help="target card: its memory is emulated on CUDA (rtx4070, a size "
                                                     "in GiB, auto); speed is always this machine's")
-    p.add_argument("--headroom-mb", type=float, default=None, help="memory left free on the target card")
+    p.add_argument("--headroom-mb", type=non_negative_float, default=None, help="memory left free on the target card")
     p.add_argument("--no-emulate", action="store_true", help="use the whole GPU instead of the target card's memory")
     add_config_arguments(p, epochs_shorthand=False,
                          config_help="base config YAML (e.g. a search's best_config.yaml); default: the seed's")
@@ -55,6 +56,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         ("--flops-batches", args.flops_batches), ("--loader-batches", args.loader_batches)):
         if value is not None and value < 1:
             fail(f"{flag}: must be >= 1, got {value}")
+    with user_errors():
+        return _run(args)
+
+
+def _run(args) -> int:
     base, card, cache = _inputs(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_cuda = device.type == "cuda"
@@ -125,13 +131,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _inputs(args):
     from asl_ray.cards import DEFAULT_HEADROOM_MB, CardError, resolve_card
     try:
+        check_paths(folders={"--out": args.out, "--cache-dir": args.cache_dir}, files={"--config": args.config})
         from asl_ray.config import load_config_yaml
         base = load_config_yaml(args.config) if args.config else TrainConfig()
         overrides = parse_overrides(args.overrides)
         base = base.with_overrides(overrides, source="--set") if overrides else base
         card = resolve_card(args.gpu, args.headroom_mb if args.headroom_mb is not None else DEFAULT_HEADROOM_MB)
-    except (ConfigError, CardError) as e:
-        fail(str(e) if not isinstance(e, CardError) else f"--gpu: {e}")
+    except CardError as e:
+        fail(str(e) if str(e).startswith("--") else f"--gpu: {e}")
+    except UserInputError as e:
+        fail(str(e))
     _, cache = open_data_or_fail(args.data, args.cache_dir)
     return base, card, cache
 

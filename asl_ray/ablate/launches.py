@@ -51,7 +51,7 @@ class LaunchCount:
         return sum(self.ops.values())
 
     def dispatched(self) -> int:
-        """Every op dispatched, views included (the issue's 141 per sample counts these)."""
+        """Every op dispatched, views included (an earlier count of 141 per sample counted these)."""
         return self.launches() + sum(self.views.values())
 
     def per_sample(self) -> float:

@@ -25,6 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from asl_ray.config import UserInputError
+
 LANDMARKS_PER_FRAME = 543
 TYPE_ORDER = ("face", "left_hand", "pose", "right_hand")
 TYPE_SIZES = {"face": 468, "left_hand": 21, "pose": 33, "right_hand": 21}
@@ -59,7 +61,7 @@ FRAME_LANDMARK_INDEX = np.concatenate([np.arange(TYPE_SIZES[t], dtype=np.int16) 
 assert len(FRAME_TYPE_CODES) == LANDMARKS_PER_FRAME
 
 
-class DataError(ValueError):
+class DataError(UserInputError):
     """A data file (or key) that is not in the GISLR format; the message is one line."""
 
     def __init__(self, path: str | Path, reason: str, detail: str | None = None):

@@ -18,17 +18,16 @@ from typing import Optional
 
 from filelock import FileLock
 
-from asl_ray.config import FIELD_NAMES, TrainConfig
+from asl_ray.config import TrainConfig
+from asl_ray.faults import faults_for
 from asl_ray.plan.measure import PlanMeasurement
 
-SPEED_NEUTRAL_KEYS = tuple(sorted(
-    {"seed", "lr_per_64", "min_lr", "warmup_epochs", "weight_decay_ratio", "label_smoothing", "epochs", "fold",
-     "split_seed"}
-    | {k for k in FIELD_NAMES if k.startswith("inject_") and k != "inject_oom_at_step"}))
+SPEED_NEUTRAL_KEYS = ("epochs", "fold", "label_smoothing", "lr_per_64", "min_lr", "seed", "split_seed",
+                      "warmup_epochs", "weight_decay_ratio")
 """Left out of the key. The seed, the fold and the split seed change which samples come first, not the length mix a few
 steps see; the learning rate, its schedule, weight decay and label smoothing are arithmetic on the same tensors; the
-epochs do not enter a few steps. Fault injection other than `inject_oom_at_step` (which makes a plan fail as
-measured) does not fire inside a measurement."""
+epochs do not enter a few steps. An injected out-of-memory error (asl_ray/faults.py: tests only) makes a plan fail as
+measured, so it is part of the key."""
 KEY_VERSION = 2  # bump when what a measurement means changes (the probe, the meter): 2 times step by step
 
 
@@ -40,7 +39,9 @@ class PlanCache:
         """sha1 of the config's speed-relevant keys, the device identity, the data's identity (the cache
         directory's content key) and the probe's length."""
         speed = {k: v for k, v in cfg.to_dict().items() if k not in SPEED_NEUTRAL_KEYS}
+        oom = faults_for(cfg).oom_at_step
         text = json.dumps({"version": KEY_VERSION, "config": speed, "device": device, "data": data,
+                           **({"injected_oom_at_step": oom} if oom else {}),
                            "warmup_steps": warmup_steps, "steps": steps}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()
 

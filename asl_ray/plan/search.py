@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
+from asl_ray.faults import faults_for
 from asl_ray.plan.cache import PlanCache
 from asl_ray.plan.measure import PlanMeasurement, describe_plan, device_identity, measure_plan
 from asl_ray.stats import t_quantile
@@ -144,7 +145,7 @@ def search_plans(candidates: list[TrainConfig], cache: SequenceCache, runtime: R
     fitting = fitting[:max_plans]
 
     keys = [store.key(run, device, warmup_steps, steps, data) for run in fitting]
-    kill_at = candidates[0].inject_worker_kill_in_plan_search if candidates else 0
+    kill_at = faults_for(candidates[0]).kill_in_plan_search if candidates else 0
     results: list[tuple[TrainConfig, PlanMeasurement]] = []
     for run, key in zip(fitting, keys):
         m = store.get(key)

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from asl_ray.cli import OneLineParser, add_dataclass_flags, fail
-from asl_ray.search.config import ARGS_FILE, PER_RUN_FLAGS, SearchConfig, SearchConfigError, flag_name, resolve
+from asl_ray.cli import OneLineParser, add_dataclass_flags, fail, user_errors
+from asl_ray.search.config import ARGS_FILE, PER_RUN_FLAGS, SearchConfig, flag_name, resolve
 
 
 RETIRED_FLAGS = ("z", "margin")
@@ -32,14 +32,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     given = vars(build_parser().parse_args(argv))
     if given.get("resume"):
         given = _saved_flags(given)
-    try:
+    with user_errors():
         sc = resolve(given)  # every check that can fail does so here, before Ray starts
-    except SearchConfigError as e:
-        fail(str(e))
-    if not sc.resume:
-        sc.args_file().write_text(json.dumps(sc.saved_flags(), indent=1))
-    from asl_ray.search.session import run_search
-    return run_search(sc)
+        if not sc.resume:
+            sc.args_file().write_text(json.dumps(sc.saved_flags(), indent=1))
+        from asl_ray.search.session import run_search
+        # A bad value found only once a trial is sampled (two keys that clash) is one line too; Tune's saved state
+        # keeps what ran, for --resume after the space file is fixed.
+        return run_search(sc)
 
 
 def _saved_flags(given: dict[str, Any]) -> dict[str, Any]:

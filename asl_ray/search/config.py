@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from asl_ray.cli import DEFAULT_DATA
+from asl_ray.cli import DEFAULT_DATA, path_problems
 from asl_ray.config import ConfigError
 from asl_ray.search.dashboard import DEFAULT_DASHBOARD_PORT, choose_dashboard_port
 from asl_ray.search.select import SELECT_RULES, Selection
@@ -259,6 +259,8 @@ def resolve(given: Mapping[str, Any], log=print) -> SearchConfig:
     defaults = {f.name: f.default for f in flag_fields() if f.default is not dataclasses.MISSING}
     values = {**defaults, **{k: v for k, v in given.items() if v is not None or k in defaults}}
     raise_if(flag_problems(values))
+    raise_if(path_problems(folders={"--storage-path": values["storage_path"], "--cache-dir": values["cache_dir"]},
+                           files={"--space": values["space_file"]}))
 
     problems: list[str] = []
     space = card = None

@@ -47,7 +47,8 @@ def default_comparison(best: pd.Series, reference: Optional[pd.Series], confirma
     """The pick against the seed's default: on their shared confirmation pairs (paired, t intervals) when both
     were confirmed, else their single search runs; says in a plain sentence whether the noise tells them apart."""
     if reference is None:
-        return "The seed's default config did not finish in this search: no comparison."
+        return ("The seed's default config is not among this search's feasible trials (no baseline of the space, or "
+                "it did not run): no comparison.")
     if reference["trial_id"] == best["trial_id"]:
         return "The chosen config is the seed's default config."
     head = (f"Against the seed's default config (trial {reference['trial_id']}, baseline "

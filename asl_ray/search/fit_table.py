@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional, Sequence
 
-from asl_ray.cli import OneLineParser, fail
+from asl_ray.cli import OneLineParser, check_paths, fail, non_negative_float, user_errors
 from asl_ray.config import TrainConfig
-from asl_ray.search.space import SearchSpace, SpaceError, load_space
-from asl_ray.cards import DEFAULT_HEADROOM_MB, Card, CardError, resolve_card
+from asl_ray.search.space import SearchSpace, load_space
+from asl_ray.cards import Card, resolve_card
 from asl_ray.vram.fit import fits, largest_batch_that_fits
 
 MICRO_BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
@@ -27,7 +27,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--space", required=True, help="a search-space YAML (search_spaces/*.yaml)")
     p.add_argument("--gpu", default=None,
                    help="rtx4070, a100-80gb, ..., a size in GiB, or auto (default: the space's gpu)")
-    p.add_argument("--headroom-mb", type=float, default=None, help="kept free for others (default: the space's)")
+    p.add_argument("--headroom-mb", type=non_negative_float, default=None, help="kept free for others (default: the space's)")
     p.add_argument("--num-classes", type=int, default=250, help="classifier size (250 for the real data)")
     return p
 
@@ -36,14 +36,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_classes < 1:
         fail(f"--num-classes: must be >= 1, got {args.num_classes}")
-    try:
+    with user_errors():
+        check_paths(files={"--space": args.space})
         space = load_space(args.space)
         headroom = args.headroom_mb if args.headroom_mb is not None else space.headroom_mb
         card = resolve_card(args.gpu or str(space.gpu), headroom)
-    except (SpaceError, CardError) as e:
-        fail(str(e))
-    print(card.describe())
-    print(fit_table(space, card, args.num_classes))
+        print(card.describe())
+        print(fit_table(space, card, args.num_classes))
     return 0
 
 

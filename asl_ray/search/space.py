@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import yaml
 
-from asl_ray.config import ConfigError, TrainConfig, load_config_yaml
+from asl_ray.config import ConfigError, TrainConfig, UserInputError, load_config_yaml
 from asl_ray.search import space_yaml as sections
 from asl_ray.search.space_yaml import (  # noqa: F401  (re-exported: the space's public names live here)
     ACCUMULATION,
@@ -57,7 +57,7 @@ TOP_KEYS = ("gpu", "headroom_mb", "sampler", "scheduler", "seed", "budget", "fix
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class SpaceError(ValueError):
+class SpaceError(UserInputError):
     """A bad search-space file; the message names the file and every bad key."""
 
 
@@ -252,6 +252,8 @@ def load_space(path: str | Path) -> SearchSpace:
         plans = {"batch_size": (base.batch_size,), **plans}
     space = dataclasses.replace(space, plans=plans)
     if not problems:
+        _check_param_values(space, problems)
+    if not problems:
         _check_micro_batch_floor(space, problems)
     if not problems:
         _check_divisors(space, "batch_size" in (raw.get("plans") or {}), problems)
@@ -265,6 +267,21 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 # ---- whole-space checks: each appends "key: problem" -----------------------------------------------
+
+def _check_param_values(space: SearchSpace, problems: list[str]) -> None:
+    """Each learning value on its own (every choice; a range's ends) must make a valid TrainConfig over the base with
+    some plan: a value only a trial would find bad (dim 30 with 4 heads) fails here, naming its key."""
+    for p in space.params:
+        values = p.choices if p.type == "categorical" else (p.low, p.high)
+        for v in values:
+            if p.name == EFFECTIVE_BATCH:
+                continue  # checked against the micro-batches by _check_divisors
+            try:
+                space.plan_candidates({p.name: v})
+            except ConfigError as e:
+                reason = str(e).replace(f"{space.path}: ", "").replace("params: invalid TrainConfig: ", "")
+                problems.append(f"params.{p.name}: {v!r}: {reason}")
+
 
 def _check_micro_batch_floor(space: SearchSpace, problems: list[str]) -> None:
     """No plan may use a micro-batch below plan_search.min_batch_size (BatchNorm: it changes what is learned)."""

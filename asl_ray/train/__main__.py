@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from asl_ray.cli import OneLineParser, add_config_arguments, config_from_args, fail, non_negative_float
-from asl_ray.config import ConfigError
+from asl_ray.cli import (OneLineParser, add_config_arguments, check_paths, config_from_args, fail, non_negative_float,
+                         user_errors)
+from asl_ray.config import UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from asl_ray.data.gislr import DataError
-    from asl_ray.cards import DEFAULT_HEADROOM_MB, CardError, resolve_card
+    from asl_ray.cards import DEFAULT_HEADROOM_MB, resolve_card
     try:
+        check_paths(folders={"--out": args.out, "--cache-dir": args.cache_dir}, files={"--config": args.config})
         cfg = config_from_args(args)
         card = resolve_card(args.emulate_gpu, args.headroom_mb if args.headroom_mb is not None
                             else DEFAULT_HEADROOM_MB) if args.emulate_gpu else None
@@ -41,22 +42,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fail(f"--out {out}: already holds a run; add --resume to continue it, or choose another --out")
         from asl_ray.data.cache import load_or_build_cache
         cache = load_or_build_cache(args.data, args.cache_dir, strict=args.strict)
-    except (ConfigError, DataError, CardError) as e:
+    except UserInputError as e:  # a bad flag, config, card or data file
         fail(str(e))
     except OSError as e:
         fail(f"{getattr(e, 'filename', '') or args.data}: {e.strerror or e}")
     print(f"data: {len(cache)} sequences, {cache.num_classes} signs, cache {cache.path}")
     usable = card.usable_bytes if card else None
-    if args.ray:
-        from asl_ray.train.ray_run import run_with_ray
-        result = run_with_ray(cfg, cache, out, usable)
-    else:
-        result = _run_local(cfg, cache, out, args.resume, usable)
+    with user_errors():  # one found later (a checkpoint's config) is still one line
+        if args.ray:
+            from asl_ray.train.ray_run import run_with_ray
+            result = run_with_ray(cfg, cache, out, usable)
+        else:
+            result = _run_local(cfg, cache, out, args.resume, usable)
     return 0 if result["feasible"] else 3
 
 
 def _run_local(cfg, cache, out: Path, resume: bool, emulate_usable_bytes):
-    import torch
     from asl_ray.train.checkpoint import LocalReporter, load_checkpoint
     from asl_ray.train.loop import fit
     from asl_ray.train.runtime import Runtime

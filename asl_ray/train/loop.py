@@ -16,6 +16,7 @@ from torch import nn
 
 from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
+from asl_ray.faults import NO_FAULTS, Faults, faults_for
 from asl_ray.data.dataset import Batch, SequenceDataset, make_loader, split_of
 from asl_ray.model import GISLRModel
 from asl_ray.train.accumulate import make_accumulation
@@ -31,10 +32,11 @@ class Reporter(Protocol):
 
 
 class FaultInjector:
-    """Test hooks from the config: an OOM or a NaN loss at a chosen optimizer step (1-based)."""
+    """Test hooks (asl_ray/faults.py, never a config key): an OOM or a NaN loss at a chosen optimizer step
+    (1-based)."""
 
-    def __init__(self, cfg: TrainConfig):
-        self.oom_at, self.nan_at = cfg.inject_oom_at_step, cfg.inject_nan_at_step
+    def __init__(self, faults: Faults = NO_FAULTS):
+        self.oom_at, self.nan_at = faults.oom_at_step, faults.nan_at_step
 
     def before_forward(self, step: int) -> None:
         if self.oom_at and step == self.oom_at:
@@ -49,11 +51,11 @@ class TrainStep:
     accumulation boundary unscale -> clip -> step -> update -> zero_grad."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 runtime: Runtime, cfg: TrainConfig, schedule=None):
+                 runtime: Runtime, cfg: TrainConfig, schedule=None, faults: Faults = NO_FAULTS):
         self.model, self.optimizer, self.scaler, self.runtime = model, optimizer, scaler, runtime
         self.schedule, self.clip = schedule, cfg.gradient_clip_val
         self.clip_foreach = True if cfg.foreach_optimizer else None  # None: torch's default (foreach on CUDA)
-        self.faults = FaultInjector(cfg)
+        self.faults = FaultInjector(faults)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.backward = make_accumulation(self.params, cfg.foreach_grad_accumulation)
         self.attempted_steps = 0  # optimizer steps asked for; the scaler may skip some
@@ -130,7 +132,8 @@ def setup(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime) -> Session:
     optimizer, lookahead = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(batches_per_epoch(cfg, len(train_loader)) / cfg.gradient_accumulation_steps)
     schedule = make_schedule(optimizer, cfg, steps_per_epoch)
-    step = TrainStep(compile_for(model, cfg, runtime), optimizer, runtime.grad_scaler(), runtime, cfg, schedule)
+    step = TrainStep(compile_for(model, cfg, runtime), optimizer, runtime.grad_scaler(), runtime, cfg, schedule,
+                     faults_for(cfg))
     return Session(cfg, runtime, model, step, lookahead, train_set, train_loader, val_loader,
                    MemoryMonitor(runtime.device))
 

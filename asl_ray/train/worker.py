@@ -21,6 +21,7 @@ import torch
 
 from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
+from asl_ray.faults import faults_for
 from asl_ray.train.checkpoint import load_checkpoint, save_checkpoint
 from asl_ray.train.loop import fit
 from asl_ray.train.runtime import Runtime
@@ -95,7 +96,7 @@ def worker_device(emulate_usable_bytes: Optional[int]) -> torch.device:
 def fit_on_worker(cfg: TrainConfig, cache: SequenceCache, device: torch.device,
                   resume_state: Optional[dict[str, Any]], extra_metrics: Optional[dict[str, Any]] = None) -> None:
     """`fit` with a RayReporter, from `resume_state` when there is one."""
-    reporter = RayReporter(kill_at_epoch=cfg.inject_worker_kill_at_epoch if resume_state is None else 0,
+    reporter = RayReporter(kill_at_epoch=faults_for(cfg).kill_at_epoch if resume_state is None else 0,
                            extra_metrics=extra_metrics)
     if resume_state is not None and resume_state["epoch"] + 1 >= cfg.epochs:
         # Restored after the last epoch's report was lost to Tune: say it again, train nothing.

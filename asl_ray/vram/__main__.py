@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from asl_ray.cli import OneLineParser, add_config_arguments, config_from_args, fail
-from asl_ray.config import ConfigError, TrainConfig
-from asl_ray.cards import DEFAULT_HEADROOM_MB, MiB, CardError, resolve_card
+from asl_ray.cli import (OneLineParser, add_config_arguments, check_paths, config_from_args, fail, non_negative_float,
+                         user_errors)
+from asl_ray.config import TrainConfig
+from asl_ray.cards import DEFAULT_HEADROOM_MB, MiB, resolve_card
 from asl_ray.vram.constants import FIT_MARGIN_FRACTION
 
 FIT_TABLE_COMMAND = "python -m asl_ray.search.fit_table"
@@ -22,7 +23,7 @@ def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m asl_ray.vram", description=__doc__.splitlines()[0])
     p.add_argument("--gpu", default="rtx4070",
                    help="rtx4070, a100-80gb, ..., a size in GiB, or auto (what is free on the device this process uses)")
-    p.add_argument("--headroom-mb", type=float, default=None, help=f"kept free for others (default {DEFAULT_HEADROOM_MB})")
+    p.add_argument("--headroom-mb", type=non_negative_float, default=None, help=f"kept free for others (default {DEFAULT_HEADROOM_MB})")
     add_config_arguments(p)
     p.add_argument("--space", help=f"moved: {FIT_TABLE_COMMAND} --space FILE --gpu CARD")
     p.add_argument("--num-classes", type=int, default=250, help="classifier size (250 for the real data)")
@@ -36,13 +37,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.space:
         fail(f"--space: the fit table of a search space moved to `{FIT_TABLE_COMMAND} --space {args.space} "
              f"--gpu {args.gpu}`")
-    try:
+    with user_errors():
+        check_paths(files={"--config": args.config})
         headroom = args.headroom_mb if args.headroom_mb is not None else DEFAULT_HEADROOM_MB
         card = resolve_card(args.gpu, headroom)
         cfg = config_from_args(args)
-    except (ConfigError, CardError) as e:
-        fail(str(e))
-    print(one_config_report(cfg, card, args.num_classes))
+        print(one_config_report(cfg, card, args.num_classes))
     return 0
 
 

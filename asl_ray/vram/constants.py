@@ -68,6 +68,6 @@ def cudnn_workspace_bound_bytes(precision: str, channels: int, cap_mb: int) -> i
 TORCH_COMPILE_EXTRA_BYTES = 128 * MiB
 
 # The fit rule: a config fits when its least need under free-and-retry, plus the context, plus this
-# share of that need, is within the card's usable memory. 3 % is the accuracy goal of issue 13 (no
-# config under-predicted by more than 3 %); unmeasured until bench/vram_accuracy.py runs on a GPU.
+# share of that need, is within the card's usable memory. 3 % is the estimator's accuracy goal (no
+# config under-predicted by more than 3 %, bench/vram_accuracy.py); unmeasured until bench/vram_accuracy.py runs on a GPU.
 FIT_MARGIN_FRACTION = 0.03

@@ -249,7 +249,7 @@ def trace_training_step(cfg: TrainConfig, num_classes: int = 250, length: Option
     from asl_ray.train.optim import make_optimizer
     from asl_ray.train.runtime import Runtime, make_grad_scaler
 
-    cfg = dataclasses.replace(cfg, inject_oom_at_step=0, inject_nan_at_step=0, compile=False)
+    cfg = dataclasses.replace(cfg, compile=False)
     fake, tracker = FakeTensorMode(), _AllocationTracker(cublas_workspace_bytes)
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(), \
             _forget_new_fake_dispatch_entries(FakeTensorMode):
@@ -299,7 +299,7 @@ def trace_evaluation(cfg: TrainConfig, num_classes: int, batch_size: int, length
     from asl_ray.model import GISLRModel
     from asl_ray.train.runtime import Runtime
 
-    cfg = dataclasses.replace(cfg, inject_oom_at_step=0, inject_nan_at_step=0, compile=False)
+    cfg = dataclasses.replace(cfg, compile=False)
     fake, tracker = FakeTensorMode(), _AllocationTracker()
     tracker._cublas_handles.update({"main", "autograd"})  # made by the training steps before it
     runtime = Runtime(device=torch.device("cpu"), precision=cfg.precision, pin_memory=False)
