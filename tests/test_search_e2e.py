@@ -100,7 +100,12 @@ def test_two_level_search_with_confirmation(ray_local, synth_root, synth_cache, 
     report = (root / "report.md").read_text()
     assert "## Confirmation runs" in report and all(f in report for f in finalists)
     assert "Plans measured for this config" in report and chosen["plan"].iloc[0] in report
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # Confirmation runs one at a time, like the trials: no more workers start at once than the raylet expects
+    # (two at once on two CPUs made Ray warn "... worker processes have been started ... maximum expected startup
+    # concurrency", twice per default search).
+    assert "maximum expected startup concurrency" not in out + captured.err
     assert "search: " in out and f"confirm: {len(finalists)} finalists" in out and "the same 1 (fold, seed)" in out
     assert "Chosen: trial" in out
     assert "TrainingReport(" not in out and "(RayTrainWorker" not in out  # workers' output: Ray's log files

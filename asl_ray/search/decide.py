@@ -112,13 +112,13 @@ def choose(acc, log_speed, delta: float, alpha: float, competing=None) -> Choice
     competing = np.ones(count, dtype=bool) if competing is None else np.asarray(competing, dtype=bool)
     if not competing.any():
         raise ValueError("choose: no competing finalist")
-    means = np.where(competing, np.nanmean(np.where(np.isfinite(acc), acc, np.nan), axis=1), -np.inf)
+    means = np.where(competing, _row_means(acc), -np.inf)
     reference = int(np.argmax(means))
     level = alpha / max(1, int(competing.sum()) - 1)  # Bonferroni over the finalists compared with the reference
     accuracy = tuple(paired(acc[reference], acc[f]) for f in range(count))
     equivalent = np.array([competing[f] and (f == reference or accuracy[f].upper(level) <= delta)
                            for f in range(count)])
-    speeds = np.where(equivalent, np.nanmean(np.where(np.isfinite(log_speed), log_speed, np.nan), axis=1), -np.inf)
+    speeds = np.where(equivalent, _row_means(log_speed), -np.inf)
     speeds = np.where(np.isnan(speeds), -np.inf, speeds)
     fastest = int(np.argmax(speeds)) if np.isfinite(speeds).any() else reference
     tied = np.array([equivalent[f] and (f == fastest or not paired(log_speed[fastest], log_speed[f]).lower(alpha) > 0)
@@ -128,3 +128,11 @@ def choose(acc, log_speed, delta: float, alpha: float, competing=None) -> Choice
     return Choice(pick=pick, reference=reference, equivalent=tuple(bool(v) for v in equivalent),
                   tied=tuple(bool(v) for v in tied), accuracy=accuracy,
                   speed=tuple(paired(log_speed[pick], log_speed[f]) for f in range(count)))
+
+
+def _row_means(m: np.ndarray) -> np.ndarray:
+    """Each row's mean over its finite entries; NaN for a row without any (no warning)."""
+    finite = np.isfinite(m)
+    counts = finite.sum(axis=1)
+    sums = np.where(finite, m, 0.0).sum(axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)

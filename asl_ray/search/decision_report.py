@@ -94,7 +94,8 @@ def confirmation_table(table: pd.DataFrame, confirmations: pd.DataFrame) -> pd.D
                                  f"{r['diff_vs_reference']:+.4f} [{r['diff_upper']:+.3f}]"
                                  if pd.notna(r["diff_vs_reference"]) else "-"),
             "samples/s": r["samples_per_s"],
-            "pick / it [CI]": (f"x{r['speed_ratio']:.2f} {interval(r['speed_ratio_low'], r['speed_ratio_high'], '.2f')}"
+            "pick / it [CI]": ("pick" if r["picked"] else
+                               f"x{r['speed_ratio']:.2f} {interval(r['speed_ratio_low'], r['speed_ratio_high'], '.2f')}"
                                if pd.notna(r["speed_ratio"]) else "-"),
             "equivalent": "yes" if r["equivalent"] else "no", "tied": "yes" if r["tied"] else "no",
             "failed": int(r["runs_failed"]), "picked": "<-" if r["picked"] else ""})
