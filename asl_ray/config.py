@@ -242,7 +242,13 @@ class TrainConfig:
 
     # ---- overrides ---------------------------------------------------------------------------
     def with_overrides(self, overrides: Mapping[str, Any], source: str = "overrides") -> "TrainConfig":
-        """A copy with `overrides` applied; unknown keys and bad values raise one ConfigError naming `source`."""
+        """A copy with `overrides` applied; unknown keys and bad values raise one ConfigError naming `source`. A key
+        of RETIRED_KEYS at its old default (what every earlier best_config.yaml and checkpoint holds) is dropped."""
+        retired = sorted(k for k in overrides if k in RETIRED_KEYS and overrides[k] != RETIRED_KEYS[k])
+        if retired:
+            raise ConfigError(f"{source}: {', '.join(retired)}: no longer a config key (fault injection is the test "
+                              f"suite's, asl_ray/faults.py)")
+        overrides = {k: v for k, v in overrides.items() if k not in RETIRED_KEYS}
         unknown = sorted(set(overrides) - set(FIELD_NAMES))
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} "
@@ -265,6 +271,11 @@ class TrainConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+RETIRED_KEYS = {"inject_oom_at_step": 0, "inject_nan_at_step": 0, "inject_worker_kill_at_epoch": 0,
+                "inject_worker_kill_in_plan_search": 0}
+"""Keys earlier versions wrote into every config file and checkpoint, with the value they always held there: read
+back, they are dropped (a saved best_config.yaml still trains, a checkpoint still resumes); any other value is an
+error."""
 _FIELD_TYPES = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
                 for f in fields(TrainConfig)}
 _SECTION_COMMENT = re.compile(r"^\s*# -+ (.+?) -+\s*$")

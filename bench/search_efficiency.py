@@ -64,7 +64,8 @@ from asl_ray.search.space import SearchSpace, load_space  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_efficiency_scoring import (  # noqa: E402,F401 (the sibling module; names re-exported for tests)
     GOAL_COST, NOT_LAUNCHED, Comparison, Retrained, compare, confirm_seconds, matches_pick, measured_noise,
-    observed_rates, over_seeds, pick_of, probe_seconds, retrained, search_seconds, short, trial_seconds, verdicts)
+    observed_rates, over_seeds, pick_of, probe_seconds, result_table, retrained, search_seconds, short, trial_seconds,
+    verdict_lines, verdicts)
 
 WALL_FILE = "arm_wall.json"
 
@@ -347,44 +348,10 @@ def main(argv=None) -> int:
             design, sim_noise, args.delta, args.alpha, args.replications)]
     observed = {kind: observed_rates(picks, [a.name for a in arms if a.kind == kind], args.delta) for kind in kinds}
 
-    rows = []
-    for name, r in records.items():
-        vs = r["vs_grid"] or {}
-        rows.append({"arm": name, "trials": r["trials"], "trial_s": r["trial_seconds"],
-                     "cost": r["trial_seconds"] / grid_cost, "probe_s": r["probe_seconds"],
-                     "confirm_s": r["confirm_seconds"], "wall_s": r["wall_seconds"], "pick": short(r["pick"], names),
-                     "retrained": picks[name].text(), "samples/s": picks[name].speed,
-                     "acc - grid [low]": f"{vs['accuracy_diff']:+.3f} [{_num(vs['accuracy_diff_low'])}]" if vs else "",
-                     "speed / grid [low]": f"x{vs['speed_ratio']:.2f} [{_num(vs['speed_ratio_low'])}]" if vs else ""})
-    for kind, t in totals.items():
-        vs = t["vs_grid"]
-        rows.append({"arm": f"{kind} (over {len(args.seeds)} seeds)", "trials": "", "trial_s": t["trial_seconds"],
-                     "cost": t["trial_seconds"] / grid_cost, "probe_s": "", "confirm_s": "",
-                     "wall_s": t["wall_seconds"],
-                     "pick": "", "retrained": "", "samples/s": "",
-                     "acc - grid [low]": f"{vs['accuracy_diff']:+.3f} [{_num(vs['accuracy_diff_low'])}]",
-                     "speed / grid [low]": f"x{vs['speed_ratio']:.2f} [{_num(vs['speed_ratio_low'])}]"})
-    table = pd.DataFrame(rows)
+    table = result_table(records, totals, picks, names, grid_cost)
     print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"\nquality: every pick re-trained on the same {len(pairs)} (fold, seed) pairs {pairs}; [low]: one-sided "
-          f"{1 - args.alpha:.0%} lower bound (per seed over the pairs, per arm over the seeds)")
-    for kind, t in totals.items():
-        g = t["goal"]
-        print(f"goal ({kind}): equivalent or better than the grid's pick within delta {args.delta} "
-              f"({'yes' if g['equivalent_or_better'] else 'NO'}), at least as fast "
-              f"({'yes' if g['at_least_as_fast'] else 'NO'}), "
-              f"for <= {GOAL_COST:.2f} of its trial-seconds ({g['cost_fraction']:.2f}): "
-              f"{'met' if g['goal_met'] else 'MISSED'}; per search seed: "
-              + ", ".join(f"s{s} {'met' if v['goal_met'] else 'missed'}" for s, v in t["per_seed_goal"].items()))
-    print(f"ASHA's first rung (epoch {rung}) vs the last epoch over the grid's {behind} trials: Spearman {rho:+.2f}")
-    print(f"re-trainings' noise: own sd {noise['own_sd']:.4f}, shared sd {noise['shared_sd']:.4f}, speed cv "
-          f"{noise['speed_cv']:.4f} ({len(distinct)} distinct picks)")
-    for r in simulated:
-        print(f"simulated ({r['scenario']}): P(worse by > delta) {r['worse']:.3f}, P(missed faster equivalent) "
-              f"{r['missed']:.3f}")
-    for kind, o in observed.items():
-        print(f"seen ({kind}, {o['arms']} searches, re-trained means as truths): worse {o['worse']:.2f}, "
-              f"missed {o['missed']:.2f}")
+    print("\n" + "\n".join(verdict_lines(totals, pairs, args.alpha, args.delta, (rung, rho, behind), noise,
+                                         len(distinct), simulated, observed)))
 
     trials = runs["grid"].trials
     device = str(trials["device"].dropna().iloc[0]) if "device" in trials and trials["device"].notna().any() else "cpu"
@@ -403,10 +370,6 @@ def main(argv=None) -> int:
     }, indent=1, default=_plain_json))
     print(f"wrote {path}")
     return 0
-
-
-def _num(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
 
 
 def _plain_json(v):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 
 from asl_ray.config import load_config_yaml
 from asl_ray.stats import Paired, paired
@@ -212,6 +213,64 @@ def pick_of(run: ArmRun, names: Sequence[str]) -> Optional[dict]:
 
 def _plain(v):
     return v.item() if hasattr(v, "item") else v
+
+
+# ---- the bench's table and verdicts -------------------------------------------------------------------------------
+
+def result_table(records: dict, totals: dict, picks: dict[str, Retrained], names: Sequence[str],
+                 grid_cost: float) -> pd.DataFrame:
+    """One row per arm (cost, its stages, its pick re-trained, its paired comparison with the grid's pick), then one
+    per kind of search over its seeds."""
+    rows = []
+    for name, r in records.items():
+        vs = r["vs_grid"] or {}
+        rows.append({"arm": name, "trials": r["trials"], "trial_s": r["trial_seconds"],
+                     "cost": r["trial_seconds"] / grid_cost, "probe_s": r["probe_seconds"],
+                     "confirm_s": r["confirm_seconds"], "wall_s": r["wall_seconds"], "pick": short(r["pick"], names),
+                     "retrained": picks[name].text(), "samples/s": picks[name].speed, **_versus(vs)})
+    for kind, t in totals.items():
+        seeds = len(t["per_seed_goal"])
+        rows.append({"arm": f"{kind} (over {seeds} seeds)", "trials": "", "trial_s": t["trial_seconds"],
+                     "cost": t["trial_seconds"] / grid_cost, "probe_s": "", "confirm_s": "",
+                     "wall_s": t["wall_seconds"], "pick": "", "retrained": "", "samples/s": "",
+                     **_versus(t["vs_grid"])})
+    return pd.DataFrame(rows)
+
+
+def _versus(vs: dict) -> dict[str, str]:
+    if not vs:
+        return {"acc - grid [low]": "", "speed / grid [low]": ""}
+    return {"acc - grid [low]": f"{vs['accuracy_diff']:+.3f} [{_number(vs['accuracy_diff_low'])}]",
+            "speed / grid [low]": f"x{vs['speed_ratio']:.2f} [{_number(vs['speed_ratio_low'])}]"}
+
+
+def _number(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def verdict_lines(totals: dict, pairs: Sequence, alpha: float, delta: float, rung: tuple, noise: dict,
+                  distinct: int, simulated: Sequence[dict], observed: dict) -> list[str]:
+    """What the bench prints under its table: the goal per kind of search, ASHA's rung (epoch, Spearman, trials),
+    the re-trainings' noise, the simulated error rates at it and those the re-trainings show."""
+    lines = [f"quality: every pick re-trained on the same {len(pairs)} (fold, seed) pairs {list(pairs)}; [low]: "
+             f"one-sided {1 - alpha:.0%} lower bound (per seed over the pairs, per arm over the seeds)"]
+    for kind, t in totals.items():
+        g = t["goal"]
+        lines.append(f"goal ({kind}): equivalent or better than the grid's pick within delta {delta} "
+                     f"({'yes' if g['equivalent_or_better'] else 'NO'}), at least as fast "
+                     f"({'yes' if g['at_least_as_fast'] else 'NO'}), for <= {GOAL_COST:.2f} of its trial-seconds "
+                     f"({g['cost_fraction']:.2f}): {'met' if g['goal_met'] else 'MISSED'}; per search seed: "
+                     + ", ".join(f"s{s} {'met' if v['goal_met'] else 'missed'}" for s, v in t["per_seed_goal"].items()))
+    epoch, rho, behind = rung
+    lines.append(f"ASHA's first rung (epoch {epoch}) vs the last epoch over the grid's {behind} trials: "
+                 f"Spearman {rho:+.2f}")
+    lines.append(f"re-trainings' noise: own sd {noise['own_sd']:.4f}, shared sd {noise['shared_sd']:.4f}, speed cv "
+                 f"{noise['speed_cv']:.4f} ({distinct} distinct picks)")
+    lines += [f"simulated ({r['scenario']}): P(worse by > delta) {r['worse']:.3f}, P(missed faster equivalent) "
+              f"{r['missed']:.3f}" for r in simulated]
+    lines += [f"seen ({kind}, {o['arms']} searches, re-trained means as truths): worse {o['worse']:.2f}, "
+              f"missed {o['missed']:.2f}" for kind, o in observed.items()]
+    return lines
 
 
 def short(pick: Optional[dict], names: Sequence[str]) -> str:

@@ -1,4 +1,5 @@
-"""Ctrl-C during the confirmation stage, after one confirmation run finished and while the next is mid-fit:
+"""Ctrl-C during the confirmation stage (--confirm-folds 2: the two runs are the search's fold and the next), after
+one confirmation run finished and while the next is mid-fit:
 exit 130, no best_config.yaml (it is written only once every run is in); then --resume: the main search is
 not run again, the finished confirmation run is not re-run, the interrupted one continues from its Train
 checkpoint, and best_config.yaml is written."""
@@ -32,14 +33,15 @@ def _progress(tune_dir: Path) -> dict[str, int]:
 
 def test_interrupted_confirmation_resumes_only_the_unfinished_runs(synth_root, synth_cache, tmp_path):
     space = write_search_space(tmp_path / "space.yaml", trials=1, epochs=EPOCHS, grace_period=EPOCHS,
-                               max_steps_per_epoch=STEPS, confirm={"seeds": 2, "finalists": 1},
+                               max_steps_per_epoch=STEPS, confirm={"seeds": 1, "finalists": 1},
                                baselines=[{"effective_batch_size": 16, "max_len": 32, "batch_size": 8}])
     runs = tmp_path / "runs"
     root = runs / "c"
     confirm_tune = root / "confirm" / "tune"
     # --concurrency 1: the two confirmation runs one after the other, so one finishes before the other starts.
     cmd = [sys.executable, "-m", "asl_ray.search", "--space", str(space), "--data", str(synth_root), "--cache-dir",
-           str(synth_cache.path.parent), "--storage-path", str(runs), "--name", "c", "--concurrency", "1"]
+           str(synth_cache.path.parent), "--storage-path", str(runs), "--name", "c", "--concurrency", "1",
+           "--confirm-folds", "2"]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline, finished, mid_fit = time.time() + 600, [], []
@@ -71,7 +73,8 @@ def test_interrupted_confirmation_resumes_only_the_unfinished_runs(synth_root, s
     trials = pd.read_parquet(root / "trials.parquet")
     finalist = trials.loc[trials["status"] == "ok"].iloc[0]
     assert len(confirm) == 2 and set(confirm["status"]) == {"ok"} and set(confirm["finalist"]) == {finalist["trial_id"]}
-    assert sorted(confirm["seed"]) == [finalist["seed"] + 1000, finalist["seed"] + 1001]
+    # --confirm-folds 2 with 1 seed: the search's fold and the next, both with the fresh seed (and kept on --resume)
+    assert sorted(zip(confirm["fold"], confirm["seed"])) == [(0, finalist["seed"] + 1000), (1, finalist["seed"] + 1000)]
     # Two runs, each one Tune trial and one Train run: nothing started twice.
     assert len(_progress(confirm_tune)) == 2 and len(list((root / "confirm" / "train").glob("trial-*"))) == 2
     assert (confirm_tune / finished[0] / "progress.csv").read_text() == finished_progress  # not re-run

@@ -134,3 +134,16 @@ def test_no_fault_injection_knob_in_a_users_config_or_help(capsys, inject, tmp_p
     assert faults_for(TrainConfig()) == Faults(nan_at_step=2)
     inject()
     assert not faults_for(TrainConfig(dim=48))
+
+
+def test_a_best_config_written_before_the_fault_keys_left_still_trains(tmp_path, capsys):
+    """Every best_config.yaml and checkpoint of earlier versions holds the four inject_* keys at 0: they load; a
+    non-zero one is refused naming it."""
+    from asl_ray.config import RETIRED_KEYS, TrainConfig, load_config_yaml
+    old = tmp_path / "best_config.yaml"
+    old.write_text(yaml.safe_dump({**TrainConfig(dim=64).to_dict(), **RETIRED_KEYS}))
+    assert load_config_yaml(old) == TrainConfig(dim=64)
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), **RETIRED_KEYS}, source="checkpoint") == TrainConfig()
+    old.write_text(yaml.safe_dump({**TrainConfig().to_dict(), **RETIRED_KEYS, "inject_oom_at_step": 2}))
+    err = expect_bad_input(vram_main, capsys, "--config", str(old))
+    assert "inject_oom_at_step" in err and "no longer a config key" in err

@@ -34,15 +34,13 @@ from asl_ray.search import experiment
 from asl_ray.search.config import SearchConfig, TRAIN_DIR, TUNE_DIR
 from asl_ray.search.progress import StateChangeReporter
 from asl_ray.search.results import best_config
-from asl_ray.search.searcher import EPOCHS_DONE, TRAIN_LOOP_CONFIG, epochs_done
+from asl_ray.search.searcher import TRAIN_LOOP_CONFIG, epochs_done
 from asl_ray.search.session import was_interrupted
 
 SEED_OFFSET = 1000
 """Fresh seeds start this far above a finalist's own seed."""
 CONFIRM_COLUMNS = ["finalist", "trial_id", "fold", "seed", "status", "val_acc", "val_samples", "samples_per_s",
                    "samples_per_s_iqr", "trial_seconds", "error"]
-PROGRESS_METRICS = {"plan": "plan", "val_acc": "acc", "samples_per_s_median": "samples/s", EPOCHS_DONE: "epochs",
-                    "status": "status"}
 
 
 def fresh_seeds(base_seed: int, k: int) -> list[int]:
@@ -110,7 +108,7 @@ def run_confirmation(sc: SearchConfig, df: pd.DataFrame, finalist_ids: Sequence[
                                    restart_errored=True)
     else:
         reporter = StateChangeReporter({f"{TRAIN_LOOP_CONFIG}/fold": "fold", f"{TRAIN_LOOP_CONFIG}/seed": "seed"},
-                                       PROGRESS_METRICS)
+                                       experiment.PROGRESS_METRICS)
         tuner = tune.Tuner(
             fn, param_space={TRAIN_LOOP_CONFIG: tune.grid_search([cfg for *_, cfg in points])},
             tune_config=tune.TuneConfig(max_concurrent_trials=at_once, trial_dirname_creator=trial_dirname),

@@ -145,9 +145,8 @@ def row_columns(space: SearchSpace) -> list[str]:
     return ["trial_id", "status", "feasible", "baseline", *space.param_names(), *space.plan_names(),
             "precision_run", "effective_batch", "epochs_run", "seed", "val_acc", "val_samples", "samples_per_s",
             "samples_per_s_iqr", *PLAN_METRIC_DEFAULTS, "val_acc_curve", "cuda_max_reserved_mb",
-            "cuda_max_allocated_mb",
-            "predicted_reserved_mb", "predicted_total_mb", "predicted_fit_mb", "rss_peak_mb", "device", "node_id",
-            "hostname", "trial_seconds", "loop_seconds", "error"]
+            "cuda_max_allocated_mb", "predicted_reserved_mb", "predicted_total_mb", "predicted_fit_mb", "rss_peak_mb",
+            "device", "node_id", "hostname", "trial_seconds", "loop_seconds", "error"]
 
 
 def result_rows(grid, sc) -> list[dict[str, Any]]:

@@ -27,7 +27,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--space", required=True, help="a search-space YAML (search_spaces/*.yaml)")
     p.add_argument("--gpu", default=None,
                    help="rtx4070, a100-80gb, ..., a size in GiB, or auto (default: the space's gpu)")
-    p.add_argument("--headroom-mb", type=non_negative_float, default=None, help="kept free for others (default: the space's)")
+    p.add_argument("--headroom-mb", type=non_negative_float, default=None,
+                   help="kept free for others (default: the space's)")
     p.add_argument("--num-classes", type=int, default=250, help="classifier size (250 for the real data)")
     return p
 

@@ -1,8 +1,7 @@
 """One search from start to finish, in stages: Ray up; the main Tune experiment (its rows written to
-trials.parquet at once); the confirmation runs of the finalists (`--confirm K`, `--confirm-folds F`); then the result
-files
-(best_config.yaml only once every run is in) and the summary. Ctrl-C in either Tune stage exits 130 with the
-command that finishes it; `--resume` skips what is done (a finished main search is read back from
+trials.parquet at once); the confirmation runs of the finalists (`--confirm K`, `--confirm-folds F`); then the
+result files (best_config.yaml only once every run is in) and the summary. Ctrl-C in either Tune stage exits 130
+with the command that finishes it; `--resume` skips what is done (a finished main search is read back from
 trials.parquet, finished confirmation runs are not run again).
 
 The console carries our stage lines ("search: ...", "confirm: ..."), Tune's progress table and the summary;

@@ -23,7 +23,8 @@ def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m asl_ray.vram", description=__doc__.splitlines()[0])
     p.add_argument("--gpu", default="rtx4070",
                    help="rtx4070, a100-80gb, ..., a size in GiB, or auto (what is free on the device this process uses)")
-    p.add_argument("--headroom-mb", type=non_negative_float, default=None, help=f"kept free for others (default {DEFAULT_HEADROOM_MB})")
+    p.add_argument("--headroom-mb", type=non_negative_float, default=None,
+                   help=f"kept free for others (default {DEFAULT_HEADROOM_MB})")
     add_config_arguments(p)
     p.add_argument("--space", help=f"moved: {FIT_TABLE_COMMAND} --space FILE --gpu CARD")
     p.add_argument("--num-classes", type=int, default=250, help="classifier size (250 for the real data)")
