@@ -178,13 +178,3 @@ def _other_processes(uuid: str) -> Optional[list[tuple[int, int]]]:
         return None
     finally:
         pynvml.nvmlShutdown()
-
-
-def emulate_card_memory(usable_bytes: float, device) -> float:
-    """Cap this process's CUDA caching allocator so the run fits or fails as on a card with
-    `usable_bytes` in all (context included). Returns the fraction set. Speed is not emulated."""
-    import torch
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = max(0.01, min(1.0, (usable_bytes - CUDA_CONTEXT_BYTES) / total))
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
-    return fraction

@@ -104,13 +104,15 @@ def measure_in_this_process(cfg: TrainConfig, emulate_card: Optional[str], bench
     torch.cuda.init()
     torch.backends.cudnn.benchmark = benchmark
     free_at_start, cuda_total = torch.cuda.mem_get_info(device)
+    fraction = None
     if cap_bytes is not None:  # the card emulated by the predicted fit figure itself
-        from asl_ray.cards import emulate_card_memory
-        emulate_card_memory(cap_bytes, device)
+        from asl_ray.train.runtime import emulate_card_memory
+        fraction = emulate_card_memory(cap_bytes, device)
     elif emulate_card:
-        from asl_ray.cards import emulate_card_memory, resolve_card
-        emulate_card_memory(resolve_card(emulate_card).usable_bytes, device)
-    result: dict[str, Any] = {"oom": False, "cudnn_benchmark": benchmark, "cap_bytes": cap_bytes,
+        from asl_ray.cards import resolve_card
+        from asl_ray.train.runtime import emulate_card_memory
+        fraction = emulate_card_memory(resolve_card(emulate_card).usable_bytes, device)
+    result: dict[str, Any] = {"oom": False, "cudnn_benchmark": benchmark, "cap_bytes": cap_bytes, "fraction": fraction,
                               "cuda_total_bytes": int(cuda_total), "free_at_start_bytes": int(free_at_start)}
     kernels = attention_kernels(torch.cuda.get_device_capability(device))
     try:

@@ -21,7 +21,7 @@ def test_mixed_precision_epoch_on_gpu(synth_cache, precision):
 
 
 def test_emulated_small_card_turns_a_big_batch_into_an_oom_result(synth_cache):
-    from asl_ray.cards import emulate_card_memory
+    from asl_ray.train.runtime import emulate_card_memory
     rt = Runtime.create(tiny_config())
     emulate_card_memory(1.0 * 2 ** 30, rt.device)  # 1 GiB in all
     try:

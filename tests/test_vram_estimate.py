@@ -240,14 +240,15 @@ def test_real_shape_sequence_is_replayed_and_its_fragmentation_reported():
     assert {k: est.breakdown[k] for k in E._TRACED_PARTS} == {k: fixed_only.breakdown[k] for k in E._TRACED_PARTS}
 
 
-def test_reduce_overhead_compile_adds_static_inputs_per_captured_shape():
+def test_reduce_overhead_compile_adds_static_inputs_per_captured_shape_and_the_stable_grads():
     from asl_ray.ladder import length_ladder
     cfg = small(compile=True, pad_to="ladder")
     default = estimate(cfg)
     graphs = estimate(dataclasses.replace(cfg, compile_mode="reduce-overhead"))
     shapes = len(length_ladder(cfg.max_len))
-    assert graphs.breakdown["torch_compile"] - default.breakdown["torch_compile"] == shapes * default.breakdown["batch"]
-    assert graphs.fit_bytes() - default.fit_bytes() == shapes * default.breakdown["batch"]
+    extra = shapes * default.breakdown["batch"] + default.breakdown["parameters"]  # .grad kept all run long
+    assert graphs.breakdown["torch_compile"] - default.breakdown["torch_compile"] == extra
+    assert graphs.fit_bytes() - default.fit_bytes() == extra
     assert "CUDA graphs" in graphs.method
 
 

@@ -79,7 +79,7 @@ def _run(args) -> int:
         f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     emulated = None
     if on_cuda and not args.no_emulate:
-        from asl_ray.cards import emulate_card_memory
+        from asl_ray.train.runtime import emulate_card_memory
         emulated = emulate_card_memory(card.usable_bytes, device)
     print(f"device: {device_name}" + (f"; memory capped as {card.describe()}" if emulated else ""))
     print(f"base: batch {base.batch_size} x accum {base.gradient_accumulation_steps}, dim {base.dim}, depth "

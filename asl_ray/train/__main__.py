@@ -63,7 +63,7 @@ def _run_local(cfg, cache, out: Path, resume: bool, emulate_usable_bytes):
     from asl_ray.train.runtime import Runtime
     runtime = Runtime.create(cfg)
     if emulate_usable_bytes and runtime.device.type == "cuda":
-        from asl_ray.cards import emulate_card_memory
+        from asl_ray.train.runtime import emulate_card_memory
         frac = emulate_card_memory(emulate_usable_bytes, runtime.device)
         print(f"emulating a card with {emulate_usable_bytes / 2**30:.2f} GiB usable (allocator capped at {frac:.3f})")
     elif emulate_usable_bytes:

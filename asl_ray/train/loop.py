@@ -22,7 +22,8 @@ from asl_ray.model import GISLRModel
 from asl_ray.train.accumulate import make_accumulation
 from asl_ray.train.metrics import MemoryMonitor, ThroughputMeter, run_speed
 from asl_ray.train.optim import Lookahead, make_optimizer, make_schedule
-from asl_ray.train.runtime import Runtime, compile_for, compile_metrics
+from asl_ray.train.runtime import (Runtime, compile_for, compile_metrics, needs_stable_grads,
+                                   with_eager_fallback)
 
 
 class Reporter(Protocol):
@@ -58,6 +59,10 @@ class TrainStep:
         self.faults = FaultInjector(faults)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.backward = make_accumulation(self.params, cfg.foreach_grad_accumulation)
+        self.stable_grads = needs_stable_grads(model)  # CUDA graphs: .grad must not be a graph output
+        if self.stable_grads:
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
         self.attempted_steps = 0  # optimizer steps asked for; the scaler may skip some
         self.taken_steps = 0
         optimizer.register_step_post_hook(self._count_taken)
@@ -72,12 +77,7 @@ class TrainStep:
     def __call__(self, batch: Batch, window: int, at_boundary: bool) -> torch.Tensor:
         step = self.attempted_steps + 1
         self.faults.before_forward(step)
-        with self.runtime.autocast():
-            loss = self.model(batch.x, batch.mask, batch.y)  # the model's own loss: compiled, in its graph
-        loss = self.faults.poison_loss(loss, step)
-        # Dividing by the window (not always by accumulation steps) keeps the last, partial window of
-        # an epoch an average too.
-        self.backward(self.scaler.scale(loss / window))
+        loss = with_eager_fallback(self.model, lambda: self._forward_backward(batch, window, step))
         if at_boundary:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             if self.clip > 0:
@@ -86,9 +86,18 @@ class TrainStep:
             self.scaler.update()
             if self.schedule is not None:
                 self.schedule.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=not self.stable_grads)
             self.attempted_steps += 1
         return loss.detach()
+
+    def _forward_backward(self, batch: Batch, window: int, step: int) -> torch.Tensor:
+        with self.runtime.autocast():
+            loss = self.model(batch.x, batch.mask, batch.y)  # the model's own loss: compiled, in its graph
+        loss = self.faults.poison_loss(loss, step)
+        # Dividing by the window (not always by accumulation steps) keeps the last, partial window of
+        # an epoch an average too.
+        self.backward(self.scaler.scale(loss / window))
+        return loss
 
 
 def accumulation_window(i: int, n: int, accum: int) -> tuple[int, bool]:

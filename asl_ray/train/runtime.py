@@ -9,11 +9,12 @@ import contextlib
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
+from asl_ray.cards import CUDA_CONTEXT_BYTES, MiB, CardError
 from asl_ray.config import TrainConfig
 from asl_ray.ladder import length_ladder
 from asl_ray.train.cudnn_workspace import cap_cudnn_workspace
@@ -26,6 +27,32 @@ def make_grad_scaler(precision: str, device_type: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device_type, enabled=precision == "fp16")
 
 
+def indexed_device(device: torch.device | str) -> torch.device:
+    """`device` with its index: a bare 'cuda' is the current CUDA device. torch.cuda.set_device and
+    set_per_process_memory_fraction refuse a CUDA device without an index."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def emulate_card_memory(usable_bytes: float, device) -> float:
+    """Cap this process's CUDA caching allocator so the run fits or fails as on a card with
+    `usable_bytes` in all (context included). Returns the fraction set. Speed is not emulated.
+
+    The fraction is exact, with no floor: a floor (0.01 is ~810 MiB of an H100) would override a small cap
+    and make "fits and runs" trivially true."""
+    device = indexed_device(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    allowed = usable_bytes - CUDA_CONTEXT_BYTES
+    if allowed <= 0:
+        raise CardError(f"card emulation: {usable_bytes / MiB:.0f} MiB leaves nothing beyond the CUDA context "
+                        f"({CUDA_CONTEXT_BYTES / MiB:.0f} MiB)")
+    fraction = min(1.0, allowed / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
 @dataclass
 class Runtime:
     device: torch.device
@@ -34,7 +61,7 @@ class Runtime:
 
     @classmethod
     def create(cls, cfg: TrainConfig, device: torch.device | None = None) -> "Runtime":
-        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = indexed_device(device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         on_cuda = device.type == "cuda"
         if on_cuda:
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
@@ -159,16 +186,50 @@ class EagerFallback(nn.Module):
             try:
                 return self._compiled[0](*args, **kwargs)
             except Exception as e:  # torch._dynamo / inductor raise many types; any but OOM means "use eager"
-                oom = out_of_memory_in(e)
-                if oom is not None:
-                    if oom is e:
-                        raise
-                    raise oom from e
-                self.failed = True
-                cause = getattr(e, "inner_exception", None) or e  # dynamo's wrapper says only "backend raised"
-                warnings.warn(f"torch.compile failed, continuing in eager mode: {type(cause).__name__}: "
-                              f"{str(cause).splitlines()[0] if str(cause) else ''}", RuntimeWarning, stacklevel=2)
+                self.fall_back(e)
         return self.eager(*args, **kwargs)
+
+    def fall_back(self, error: Exception) -> None:
+        """Run eager from now on because compiling (or running compiled code) raised `error`; an
+        out-of-memory error behind it is raised instead (as the OutOfMemoryError itself)."""
+        oom = out_of_memory_in(error)
+        if oom is not None:
+            if oom is error:
+                raise error
+            raise oom from error
+        self.failed = True
+        cause = getattr(error, "inner_exception", None) or error  # dynamo's wrapper says only "backend raised"
+        warnings.warn(f"torch.compile failed, continuing in eager mode: {type(cause).__name__}: "
+                      f"{str(cause).splitlines()[0] if str(cause) else ''}", RuntimeWarning, stacklevel=3)
+
+    @property
+    def replays_cuda_graphs(self) -> bool:
+        """Whether the backward's outputs live in a CUDA graph's memory pool, which the next replay
+        overwrites (reduce-overhead; even after a fall back, the grads it made stay where they are)."""
+        return self.mode == "reduce-overhead"
+
+
+def with_eager_fallback(model: nn.Module, micro_batch: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`micro_batch()` (forward and backward); if the compiled backward fails (inductor compiles it lazily, at
+    the first backward of each graph, after the forward succeeded), that micro-batch again in eager. The
+    failed backward ran no kernel of the compiled graph, so no parameter's .grad holds part of it."""
+    if not isinstance(model, EagerFallback) or model.failed:
+        return micro_batch()
+    try:
+        return micro_batch()
+    except Exception as e:
+        if model.failed:  # the forward already fell back and the eager pass raised: a real error
+            raise
+        model.fall_back(e)
+        return micro_batch()
+
+
+def needs_stable_grads(model: nn.Module) -> bool:
+    """CUDA graphs hand the backward's gradients out in their memory pool. With .grad None, AccumulateGrad
+    keeps such an output as .grad, and the next micro-batch's replay overwrites it (torch's cudagraph_trees
+    error for gradient accumulation). Zeroed .grad buffers allocated outside capture are added into
+    instead, which is torch's own advice there."""
+    return isinstance(model, EagerFallback) and model.replays_cuda_graphs
 
 
 def compile_metrics(module: nn.Module) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def worker_device(emulate_usable_bytes: Optional[int]) -> torch.device:
     """This worker's device, its allocator capped to the emulated card's size on CUDA."""
     device = ray.train.torch.get_device()
     if device.type == "cuda" and emulate_usable_bytes:
-        from asl_ray.cards import emulate_card_memory
+        from asl_ray.train.runtime import emulate_card_memory
         emulate_card_memory(emulate_usable_bytes, device)
     return device
 

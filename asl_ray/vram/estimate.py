@@ -108,7 +108,7 @@ from asl_ray.vram.shapes import drawn_lengths
 
 log = logging.getLogger(__name__)
 
-ESTIMATOR_VERSION = 4
+ESTIMATOR_VERSION = 5
 """Bump when the method changes: cached estimates of other versions are ignored."""
 
 # ================================================================================================
@@ -206,15 +206,17 @@ def _with_compile_kernels(eager: VramEstimate, cfg: TrainConfig, seconds: float)
     shape the run can see (the ladder's rungs, or max_len) keeps static input buffers, at most the
     max_len batch each; the graphs' private pool is taken as one step's non-persistent memory,
     which the eager figure already counts (cudagraph trees share one pool across the graphs of a
-    tree). Counted in the need too: graph memory is not released by free-and-retry."""
+    tree), plus the zeroed .grad buffers the loop keeps for the whole run under CUDA graphs (one fp32 copy of the
+    parameters, alive in the forward too: `needs_stable_grads`). Counted in the need too: graph memory is not
+    released by free-and-retry."""
     breakdown = dict(eager.breakdown)
     extra = constants.TORCH_COMPILE_EXTRA_BYTES
     how = "compile: eager activations (upper bound) + Triton kernels constant"
     if cfg.compile_mode == "reduce-overhead":
         from asl_ray.ladder import length_ladder
         shapes = 1 if cfg.pad_to == "max_len" else len(length_ladder(cfg.max_len))
-        extra += shapes * breakdown.get("batch", 0)
-        how += f" + CUDA graphs' static inputs for {shapes} shapes (bound)"
+        extra += shapes * breakdown.get("batch", 0) + breakdown.get("parameters", 0)
+        how += f" + CUDA graphs' static inputs for {shapes} shapes (bound) + stable .grad buffers"
     breakdown["torch_compile"] = extra
     return VramEstimate(sum(breakdown.values()), breakdown, seconds, f"{eager.method}; {how}",
                         eager.cache, eager.need_bytes, eager.compute_capability)
