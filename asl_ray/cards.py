@@ -1,6 +1,7 @@
 """Target cards: named profiles, `auto` (the device this process will use), or a plain GiB figure.
 
-A card's `total_bytes` is what CUDA can allocate on it (the total `torch.cuda.mem_get_info()`
+The one card catalogue: memory as CUDA sees it (`CARDS`), dense FLOP peaks (`PEAK_TFLOPS`), names and aliases,
+each figure with its source. A card's `total_bytes` is what CUDA can allocate on it (the total `torch.cuda.mem_get_info()`
 reports), not nvidia-smi's figure: the driver keeps a few hundred MiB of the latter for itself.
 `usable_bytes` leaves `headroom` for the desktop's display and other processes.
 """
@@ -57,11 +58,71 @@ CARDS = {
     "a100-40gb": CardProfile(40960, 40160, (8, 0), "computed: 40960 - 800 MiB (as the A100-80GB)"),
     "a100-80gb": CardProfile(81920, 81120, (8, 0), "reported: nvidia-smi 81920 - 800 MiB (a public user report)"),
     "h100": CardProfile(81559, 80759, (9, 0), "computed: 81559 - 800 MiB (as the A100-80GB)"),
+    "h100-pcie": CardProfile(81559, 80759, (9, 0), "computed: 81559 - 800 MiB (as the A100-80GB)"),
     "h200": CardProfile(143771, 142365, (9, 0), "computed: 143771 - 800 MiB x 143771/81920"),
+    "h200-nvl": CardProfile(143771, 142365, (9, 0), "computed: as the H200 SXM (the same 141 GB)"),
 }
+PEAK_TFLOPS = {
+    # Dense peak TFLOP/s by precision, each with its source; the MFU figure of the ablation divides by these.
+    # NVIDIA Ada GPU Architecture whitepaper (v2.01), GeForce appendix table: "Peak FP16 Tensor TFLOPS
+    # with FP32 Accumulate" 165.2/330.4 (dense/sparse), "Peak FP32 TFLOPS (non-Tensor)" 82.6.
+    "rtx4090": {"fp16": 165.2, "bf16": 165.2, "fp32": 82.6},
+    # Same whitepaper/table, RTX 4080 (16 GB): 97.5 fp32-accumulate dense, 48.7 fp32 (76 SMs, 2505 MHz).
+    "rtx4080": {"fp16": 97.5, "bf16": 97.5, "fp32": 48.7},
+    # RTX 4070 (AD104, 46 SMs, 2475 MHz boost; launched after the whitepaper, so not in its table):
+    # 46 x 2.475 GHz x 512 = 58.3 dense fp32-accumulate; fp32 5888 cores x 2 x 2.475 GHz = 29.1 (the
+    # figure this row wrongly used for fp16 before). Cross-check: NVIDIA's spec page lists 466 "AI
+    # TOPS" (FP8, sparse) = 8 x 58.3.
+    "rtx4070": {"fp16": 58.3, "bf16": 58.3, "fp32": 29.1},
+    # RTX 4060 Ti (AD106, 34 SMs, 2535 MHz; not in the whitepaper's table): 34 x 2.535 x 512 = 44.1;
+    # fp32 4352 x 2 x 2.535 = 22.1. Cross-check: 353 "AI TOPS" on NVIDIA's spec page = 8 x 44.1.
+    "rtx4060ti": {"fp16": 44.1, "bf16": 44.1, "fp32": 22.1},
+    # RTX 3060 (GA106, 28 SMs, 1777 MHz): not in the NVIDIA Ampere GA102 whitepaper, which gives the
+    # per-SM rate (RTX 3090: 71 dense fp32-accumulate at 82 SMs, 1695 MHz = 512/clk/SM):
+    # 28 x 1.777 x 512 = 25.5; fp32 3584 x 2 x 1.777 = 12.7. Derived, not a datasheet row.
+    "rtx3060": {"fp16": 25.5, "bf16": 25.5, "fp32": 12.7},
+    # NVIDIA A100 Tensor Core GPU datasheet: BF16/FP16 Tensor 312 (624 sparse), FP32 19.5.
+    "a100-80gb": {"fp16": 312.0, "bf16": 312.0, "fp32": 19.5},
+    # NVIDIA H100 datasheet / Hopper whitepaper: SXM5 FP16/BF16 Tensor 1,979 sparse = 989.4 dense,
+    # FP32 66.9 ("67"); PCIe 1,513 sparse = 756.5 dense, FP32 51.2 ("51").
+    "h100": {"fp16": 989.4, "bf16": 989.4, "fp32": 66.9},
+    "h100-pcie": {"fp16": 756.5, "bf16": 756.5, "fp32": 51.2},
+    # NVIDIA H200 datasheet: SXM FP16/BF16 Tensor 1,979 sparse = 989.4 dense (the H100 SXM's GH100 at the
+    # same clock), FP32 67; H200 NVL 1,671 sparse = 835.5 dense, FP32 60.
+    "h200": {"fp16": 989.4, "bf16": 989.4, "fp32": 66.9},
+    "h200-nvl": {"fp16": 835.5, "bf16": 835.5, "fp32": 60.0},
+    # NVIDIA L4 datasheet: FP16/BF16 Tensor 242 sparse = 121 dense, FP32 30.3.
+    "l4": {"fp16": 121.0, "bf16": 121.0, "fp32": 30.3},
+    # NVIDIA T4 datasheet: mixed precision (FP16/FP32) 65, FP32 8.1; Turing has no bf16 tensor cores.
+    "t4": {"fp16": 65.0, "bf16": math.nan, "fp32": 8.1},
+    # Not listed, so MFU says "no datasheet peak": A10G (AWS's GA102 part; NVIDIA publishes no datasheet
+    # for it, and the A10's 125 has a different SM count and clock), RTX 4070 Ti/SUPER, 4080 SUPER, laptop parts.
+}
+# (regex on the lower-cased name without "nvidia", key). First match wins; a variant (Ti, SUPER, laptop)
+# has other SM counts and clocks, so it must not fall through to the base model's row.
+_NAME_PATTERNS = [(r"laptop|mobile|max-q", None), (r"\bh200 nvl\b", "h200-nvl"), (r"\bh200\b", "h200"),
+                  (r"\bh100 pcie\b", "h100-pcie"), (r"\bh100\b", "h100"), (r"\ba100\b", "a100-80gb"),
+                  (r"\b4060 ti\b", "rtx4060ti"), (r"\b(4070|4080|4090) (ti|super)\b", None),
+                  (r"\b4070\b", "rtx4070"), (r"\b4080\b", "rtx4080"), (r"\b4090\b", "rtx4090"),
+                  (r"\b3060 ti\b", None), (r"\b3060\b", "rtx3060"), (r"\bl4\b", "l4"), (r"\bt4\b", "t4")]
+
+
+def datasheet_peak_tflops(device_name: str, precision: str) -> Optional[float]:
+    """The card's dense peak for `precision`, from its name as torch/nvidia-smi print it; None if unknown."""
+    name = device_name.lower().replace("nvidia", " ")
+    for pattern, key in _NAME_PATTERNS:
+        if re.search(pattern, name):
+            if key is None:
+                return None
+            value = PEAK_TFLOPS[key][precision]
+            return None if math.isnan(value) else value
+    return None
+
+
 CARD_TOTAL_MIB = {name: p.cuda_total_mib for name, p in CARDS.items()}
 """Card name -> CUDA-visible total in MiB (kept for callers of the earlier table)."""
 CARD_ALIASES = {"a100": "a100-40gb", "a100-40": "a100-40gb", "a100-80": "a100-80gb", "h100-80gb": "h100",
+                "h100-sxm": "h100",
                 "4070": "rtx4070", "rtx-4070": "rtx4070", "4090": "rtx4090", "3060": "rtx3060"}
 
 

@@ -61,6 +61,51 @@ def check_paths(folders: Optional[dict] = None, files: Optional[dict] = None) ->
         raise UserInputError("; ".join(problems))
 
 
+@dataclasses.dataclass(frozen=True)
+class CardArgs:
+    """The target card as every CLI takes it: `--gpu CARD` (`--emulate-gpu` for train) and `--headroom-mb`."""
+    gpu: Optional[str]
+    """rtx4070, a100-80gb, ..., a size in GiB, or auto (what is free on the device this process uses)."""
+    headroom_mb: Optional[float]
+    """Memory kept free for the desktop and other processes, in MiB (finite, >= 0)."""
+
+    @classmethod
+    def add_to(cls, p: argparse.ArgumentParser, *, flag: str = "--gpu", default: Optional[str] = "rtx4070",
+               default_doc: str = "rtx4070", headroom_doc: str = "512", gpu_help: str = "") -> None:
+        """The two flags, with one help text each (`default_doc`: what a left-out flag means in this CLI)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        p.add_argument(flag, dest="gpu", default=default, metavar="CARD",
+                       help=(gpu_help or _field_doc(cls, fields["gpu"])) + f" (default: {default_doc})")
+        p.add_argument("--headroom-mb", type=non_negative_float, default=None,
+                       help=_field_doc(cls, fields["headroom_mb"]) + f" (default: {headroom_doc})")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "CardArgs":
+        return cls(args.gpu, args.headroom_mb)
+
+    def resolve(self, default_gpu: Optional[str] = None, default_headroom_mb: Optional[float] = None):
+        """The Card (asl_ray.cards.resolve_card), the given values first, then this CLI's defaults; None when no
+        card is named at all (train without --emulate-gpu)."""
+        from asl_ray.cards import DEFAULT_HEADROOM_MB, resolve_card
+        gpu = self.gpu or default_gpu
+        if gpu is None:
+            return None
+        headroom = next(h for h in (self.headroom_mb, default_headroom_mb, DEFAULT_HEADROOM_MB) if h is not None)
+        return resolve_card(gpu, headroom)
+
+
+def _field_doc(cls, f: dataclasses.Field) -> str:
+    import ast
+    import inspect
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == f.name \
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+            return " ".join(str(following.value.value).split()).rstrip(".")
+    return f.name
+
+
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """['batch_size=8', 'precision=bf16'] -> {'batch_size': 8, 'precision': 'bf16'} (values read as YAML)."""
     out: dict[str, Any] = {}

@@ -25,6 +25,11 @@ COMPILE_MODES = ("default", "reduce-overhead")
 NUM_FEATURE_CHANNELS = 708  # 118 points x (x, y) x (position, dx, dx2)
 
 
+
+def is_finite_number(v) -> bool:
+    """A real number that is not NaN or inf (a bool is not a number here): the one finite check."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
 class UserInputError(ValueError):
     """Bad input from a user (a flag, a file, a key, a value): every CLI turns it into one line naming it and exit
     code 2 (asl_ray.cli.user_errors). ConfigError, SpaceError, CardError and DataError are kinds of it."""

@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -187,7 +186,7 @@ def _outside_allocator(device_used_before: int) -> tuple[float, str]:
 def context_child() -> dict:
     """The context as each library loads (lazy module loading), the cuBLAS workspace per handle, SDPA's kernel."""
     import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend
     # Before the context exists, mem_get_info would create it: use NVML's device total (0 processes of ours yet).
     try:
         import pynvml

@@ -42,9 +42,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from asl_ray.cards import MiB  # noqa: E402
 from asl_ray.config import NUM_FEATURE_CHANNELS, TrainConfig  # noqa: E402
-
-MiB = 1024 ** 2
 NUM_CLASSES = 250
 TOLERANCE = 0.10  # |error| within 10%
 WORST_UNDER = -0.03  # never under-predict by more than 3%

@@ -7,7 +7,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from asl_ray.ablate.__main__ import main as ablate_main
-from asl_ray.ablate.flops import PEAK_TFLOPS, count_flops_per_sample, datasheet_peak_tflops, flop_counter
+from asl_ray.ablate.flops import count_flops_per_sample, flop_counter
+from asl_ray.cards import PEAK_TFLOPS, datasheet_peak_tflops
 from asl_ray.ablate.loader_rate import LoaderRate, loader_margin, loader_text, measure_loader_with_workers
 from asl_ray.ablate.measure import measurement_config, warmup_batches
 from asl_ray.ablate.report import MEMORY_LEGEND
@@ -238,3 +239,10 @@ def test_memory_columns_pair_measured_and_predicted_figures_of_the_same_kind():
     header = table_text([r]).splitlines()[0]
     assert header.index("reserved MiB") < header.index("predicted reserved MiB") < \
         header.index("GPU used MiB (sampled max)") < header.index("predicted card total MiB")
+
+
+def test_one_card_catalogue_names_every_peak_and_every_device_name_pattern():
+    from asl_ray.cards import _NAME_PATTERNS, CARDS, resolve_card
+    assert set(PEAK_TFLOPS) <= set(CARDS)
+    assert {key for _, key in _NAME_PATTERNS if key} <= set(CARDS)
+    assert resolve_card("h100-sxm").name == "h100" and resolve_card("h200-nvl").total_bytes > 0

@@ -1,6 +1,6 @@
 """The decision rule's error rates, by simulating the whole procedure with known truths (fixed RNG, thousands of
 replications, seconds): the choice's calibration, and the operating characteristics of the shipped spaces'
-designs that README states."""
+designs that docs/search.md states."""
 import numpy as np
 import pytest
 
@@ -39,7 +39,7 @@ def test_an_equivalence_call_on_a_truly_worse_finalist_happens_at_most_alpha():
 
 
 @pytest.mark.parametrize("space, noise, expected", [
-    # (P(worse by > delta), P(missed a faster equivalent)) per scenario: README, "Deciding under noise".
+    # (P(worse by > delta), P(missed a faster equivalent)) per scenario: docs/search.md, "Deciding under noise".
     ("cpu-smoke", SMOKE_NOISE, {"equal": (0.000, 0.583), "spread": (0.085, 0.174), "boundary": (0.452, 0.000)}),
     ("rtx4070", REAL_NOISE, {"equal": (0.000, 0.318), "spread": (0.001, 0.182), "boundary": (0.015, 0.000)}),
 ])

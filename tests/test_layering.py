@@ -13,7 +13,7 @@ PACKAGE = REPO / "asl_ray"
 
 RAY_WIRING = {
     "asl_ray.search.experiment", "asl_ray.search.searcher", "asl_ray.search.driver", "asl_ray.search.trial_worker",
-    "asl_ray.search.confirm", "asl_ray.search.ray_cluster", "asl_ray.search.progress",
+    "asl_ray.search.confirm", "asl_ray.search.ray_cluster", "asl_ray.search.progress", "asl_ray.search.tuners",
     "asl_ray.train.worker", "asl_ray.train.ray_run", "asl_ray.train.local_ray",
 }
 """The modules that may import Ray (some are still being written): Tune/Train wiring and the local cluster."""
@@ -21,7 +21,7 @@ RAY_WIRING = {
 RAY_FREE = ("asl_ray.data", "asl_ray.model", "asl_ray.config", "asl_ray.vram", "asl_ray.plan", "asl_ray.search.space",
             "asl_ray.search.select", "asl_ray.search.report", "asl_ray.search.results", "asl_ray.search.plots",
             "asl_ray.search.config", "asl_ray.search.fit_table", "asl_ray.search.decide", "asl_ray.search.decision_sim",
-            "asl_ray.search.decision_report", "asl_ray.stats")
+            "asl_ray.search.decision_report", "asl_ray.stats", "asl_ray.outcome")
 """Modules (and packages, every module under them) that must import without Ray, through asl_ray imports too:
 the unit tests and the tools that need no cluster import them. A prefix also matches its siblings by name
 (asl_ray.search.space matches space_yaml)."""
@@ -166,6 +166,19 @@ def test_no_import_cycle_between_subpackages():
     found = cycles(graph)
     assert not found, "import cycles between asl_ray's units (subpackages / top-level modules):\n" + "\n".join(
         describe_cycle(graph, c) for c in found)
+
+
+def test_no_import_cycle_between_modules():
+    """At every level: no module reaches itself through our imports, lazy ones included."""
+    modules = set(all_modules())
+    graph: dict[str, dict[str, list[Import]]] = defaultdict(lambda: defaultdict(list))
+    for imp in every_import():
+        if imp.target in modules and imp.target != imp.source and not imp.target.endswith("__init__"):
+            if (PACKAGE / Path(*imp.target.split(".")[1:]) / "__init__.py").exists():
+                continue  # a package's __init__ (empty here): importing a module through it is no edge back
+            graph[imp.source][imp.target].append(imp)
+    found = cycles(graph)
+    assert not found, "import cycles between asl_ray's modules:\n" + "\n".join(describe_cycle(graph, c) for c in found)
 
 
 def test_only_the_ray_wiring_imports_ray():

@@ -21,6 +21,7 @@ from asl_ray.plan.cache import SPEED_NEUTRAL_KEYS, PlanCache
 from asl_ray.plan.fits import CardFit
 from asl_ray.plan.measure import (MAX_STEPS_FACTOR, TIMING_CI, PlanMeasurement, describe_plan, device_identity,
                                   measure_plan)
+from asl_ray.plan.settings import PlanSearchSettings
 from asl_ray.plan.search import credibly_faster, search_plans, simplicity
 from asl_ray.stats import t_quantile
 from asl_ray.train.runtime import Runtime
@@ -60,8 +61,8 @@ class FakeMeasure:
 
 def run_search(candidates, cache, store, measure=None, fits=always_fits, max_plans=8):
     kwargs = {"measure": measure} if measure is not None else {}
-    return search_plans(candidates, cache, CPU, store, fits, warmup_steps=1, steps=2, max_plans=max_plans,
-                        plan_keys=PLAN_KEYS, **kwargs)
+    return search_plans(candidates, cache, CPU, store, fits,
+                        PlanSearchSettings(warmup_steps=1, steps=2, max_plans=max_plans), plan_keys=PLAN_KEYS, **kwargs)
 
 
 def test_the_fastest_measured_plan_is_chosen(synth_cache, tmp_path):
@@ -228,10 +229,12 @@ def test_a_worker_killed_mid_search_resumes_from_the_plan_cache(synth_cache, tmp
         from asl_ray.data.cache import SequenceCache
         from asl_ray.plan.cache import PlanCache
         from asl_ray.plan.search import search_plans
+        from asl_ray.plan.settings import PlanSearchSettings
         from asl_ray.train.runtime import Runtime
         candidates = [tiny_config(batch_size=b, gradient_accumulation_steps=16 // b) for b in (16, 8, 4)]
         search_plans(candidates, SequenceCache({str(synth_cache.path)!r}), Runtime.create(candidates[0]),
-                     PlanCache({str(store_dir)!r}), lambda cfg: (True, 0), warmup_steps=0, steps=1, max_plans=8,
+                     PlanCache({str(store_dir)!r}), lambda cfg: (True, 0),
+                     PlanSearchSettings(warmup_steps=0, steps=1, max_plans=8),
                      plan_keys=("batch_size", "gradient_accumulation_steps"))
         print("survived")
     """)
@@ -248,9 +251,9 @@ def test_a_worker_killed_mid_search_resumes_from_the_plan_cache(synth_cache, tmp
 
     # The resumed attempt (the kill still configured: it finds one plan cached and never kills).
     candidates = [split(b) for b in (16, 8, 4)]
-    choice = search_plans(candidates, synth_cache, CPU, PlanCache(store_dir), always_fits, warmup_steps=0, steps=1,
-                          max_plans=8, plan_keys=("batch_size", "gradient_accumulation_steps"),
-                          measure=counting_measure)
+    choice = search_plans(candidates, synth_cache, CPU, PlanCache(store_dir), always_fits,
+                          PlanSearchSettings(warmup_steps=0, steps=1, max_plans=8),
+                          plan_keys=("batch_size", "gradient_accumulation_steps"), measure=counting_measure)
     assert measured == [8, 4]
     assert [m.plan for m in choice.measured if m.from_cache] == ["16x1"]
     assert choice.config is not None and len(list(store_dir.glob("*.json"))) == 3

@@ -22,6 +22,7 @@ from asl_ray.search.results import write_results, write_trials
 from asl_ray.search.select import Selection
 from asl_ray.search.space import load_space
 from asl_ray.cards import resolve_card
+from asl_ray.plan.fits import CardFit
 
 
 def _space(tmp_path):
@@ -50,7 +51,10 @@ def _result(tmp_path, trial_id, values, plan, accs, iterations, seconds):
                                             "peak_reserved_mb": float("nan")}]),
             "plans_measured": 2, "plans_from_cache": 0, "plans_rejected": 0, "plan_search_seconds": 1.5,
             "plan_config/batch_size": bs, "plan_config/gradient_accumulation_steps": accumulation,
-            "plan_config/precision": "fp16", "config": {"train_loop_config": values}}
+            "plan_config/precision": "fp16", "config": {"train_loop_config": values},
+            # The worker reports the memory predicted for the plan it ran (trial_worker.trained_metrics).
+            **CardFit.for_card(resolve_card("0.7", 0), 10).predicted_memory(
+                _space(tmp_path).config_for({**values, "batch_size": bs, "precision": "fp16"}))}
     return Result(metrics=last, checkpoint=None, error=None, path=str(tmp_path / "tune" / trial_id),
                   metrics_dataframe=pd.DataFrame(epochs))
 

@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 from ray.tune import Result
 
+from asl_ray.plan.fits import CardFit
 from asl_ray.cards import resolve_card
 from asl_ray.search.experiment import result_rows, row_columns
 from asl_ray.search.searcher import FitAwareSearch
@@ -56,7 +57,9 @@ def test_rows_of_no_plan_rejected_and_baseline_configs(tmp_path):
     epochs = [{"epoch": i, "val_acc": a, "samples_per_s": 50.0, "epochs_done": i + 1, "status": "ok",
                "feasible": True, "precision": "fp32"} for i, a in enumerate([0.2, 0.3])]
     ok = {**epochs[-1], "seed": 7, "val_samples": 80, "plan": "12x2", "plans_measured": 1,
-          "plan_config/batch_size": 12, "plan_config/gradient_accumulation_steps": 2}
+          "plan_config/batch_size": 12, "plan_config/gradient_accumulation_steps": 2,
+          # what the worker reports for the plan it ran (trial_worker.trained_metrics)
+          **CardFit.for_card(sc.card, 10).predicted_memory(sc.space.config_for({**baseline, "batch_size": 12}))}
     no_plan = {"status": "no_plan", "feasible": False, "val_acc": 0.0, "samples_per_s": 0.0, "epochs_done": 0,
                "seed": 42, "plan": "", "plans_measured": 0, "plans_rejected": 2}
     grid = [_result(tmp_path, "base", baseline, ok, epochs),

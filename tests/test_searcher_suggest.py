@@ -10,6 +10,7 @@ import pytest
 import yaml
 from ray.tune.search import Searcher
 
+from asl_ray.plan.fits import CardFit
 from asl_ray.search.driver import TrialSettings, trial_candidates
 from asl_ray.search.searcher import BASELINE_ATTR, FitAwareSearch
 from asl_ray.search.space import load_space
@@ -117,8 +118,8 @@ def test_a_pinned_baseline_runs_only_its_plan_and_a_repeat_of_its_learning_value
     search = _search(space)
     config = search.suggest("base")["train_loop_config"]
     settings = TrialSettings(base_config=space.base_config().to_dict(), cache_path="c", train_storage="s",
-                             use_gpu=False, cpus_per_worker=1.0, plan_search=True, space=space, plan_cache_dir="p",
-                             usable_bytes=2 ** 30)
+                             use_gpu=False, cpus_per_worker=1.0, card=CardFit(2 ** 30, 250),
+                             plan_search=space.plan_search, space=space, plan_cache_dir="p")
     assert [(c.batch_size, c.gradient_accumulation_steps) for c in trial_candidates(config, settings)] == [(12, 2)]
     sampled = {"effective_batch_size": 24, "dim": 32}
     assert [(c.batch_size, c.gradient_accumulation_steps) for c in trial_candidates(sampled, settings)] == [

@@ -13,12 +13,15 @@ PLAN_KEYS = ("batch_size", "gradient_accumulation_steps")
 
 
 def _trainer(candidates, cache, plan_cache_dir, name, storage, max_failures=0):
+    from asl_ray.plan.fits import CardFit
+    from asl_ray.plan.settings import PlanSearchSettings
     from asl_ray.search import trial_worker
+    from asl_ray.search.trial_spec import TrialSpec
     from asl_ray.train.worker import make_trainer
-    loop_config = trial_worker.worker_loop_config(
-        candidates, cache.path, plan_search=True, plan_keys=PLAN_KEYS, plan_cache_dir=plan_cache_dir,
-        warmup_steps=1, steps=1, max_plans=4, usable_bytes=8 * 2 ** 30, num_classes=cache.num_classes)
-    return make_trainer(loop_config, name=name, storage_path=str(storage), use_gpu=False,
+    spec = TrialSpec(tuple(candidates), str(cache.path), card=CardFit(8 * 2 ** 30, cache.num_classes),
+                     plan_search=PlanSearchSettings(warmup_steps=1, steps=1, max_plans=4), plan_keys=PLAN_KEYS,
+                     plan_cache_dir=str(plan_cache_dir))
+    return make_trainer({trial_worker.SPEC: spec}, name=name, storage_path=str(storage), use_gpu=False,
                         max_failures=max_failures, train_fn=trial_worker.train_fn_per_worker)
 
 

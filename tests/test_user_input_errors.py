@@ -147,3 +147,13 @@ def test_a_best_config_written_before_the_fault_keys_left_still_trains(tmp_path,
     old.write_text(yaml.safe_dump({**TrainConfig().to_dict(), **RETIRED_KEYS, "inject_oom_at_step": 2}))
     err = expect_bad_input(vram_main, capsys, "--config", str(old))
     assert "inject_oom_at_step" in err and "no longer a config key" in err
+
+
+@pytest.mark.parametrize("parser_of", ["asl_ray.vram.__main__", "asl_ray.ablate.__main__", "asl_ray.search.fit_table",
+                                       "asl_ray.train.__main__"])
+def test_every_cli_takes_the_card_through_one_definition(parser_of):
+    import importlib
+    from asl_ray.cli import CardArgs
+    help_text = " ".join(importlib.import_module(parser_of).build_parser().format_help().split())
+    assert "Memory kept free for the desktop and other processes, in MiB (finite, >= 0)" in help_text
+    assert CardArgs(None, None).resolve() is None and CardArgs("rtx4070", 0).resolve().headroom_bytes == 0

@@ -18,13 +18,14 @@ from typing import Optional, Sequence
 import torch
 
 from asl_ray.ablate import report
-from asl_ray.ablate.flops import count_flops_per_sample, datasheet_peak_tflops, measured_matmul_tflops
+from asl_ray.ablate.flops import count_flops_per_sample, measured_matmul_tflops
+from asl_ray.cards import MiB, datasheet_peak_tflops
 from asl_ray.ablate.loader_rate import (loader_margin, loader_text, measure_loader_one_core,
                                        measure_loader_with_workers)
 from asl_ray.ablate.measure import measure
 from asl_ray.ablate.results import NEEDS_GPU, VariantRuns, row
 from asl_ray.ablate.variants import BASE_CLAIM, ablations_for, select
-from asl_ray.cli import (OneLineParser, add_config_arguments, check_paths, fail, non_negative_float, open_data_or_fail,
+from asl_ray.cli import (CardArgs, OneLineParser, add_config_arguments, check_paths, fail, open_data_or_fail,
                          parse_overrides, user_errors)
 from asl_ray.config import TrainConfig, UserInputError
 
@@ -33,9 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m asl_ray.ablate", description=__doc__.splitlines()[0])
     p.add_argument("--data", help="GISLR data root (default: the synthetic set in data/synth, written if missing)")
     p.add_argument("--cache-dir", help="where the preprocessed cache lives (default: beside the data)")
-    p.add_argument("--gpu", default="rtx4070", help="target card: its memory is emulated on CUDA (rtx4070, a size "
-                                                    "in GiB, auto); speed is always this machine's")
-    p.add_argument("--headroom-mb", type=non_negative_float, default=None, help="memory left free on the target card")
+    CardArgs.add_to(p, gpu_help="target card: its memory is emulated on CUDA (rtx4070, a size in GiB, auto); "
+                                "speed is always this machine's")
     p.add_argument("--no-emulate", action="store_true", help="use the whole GPU instead of the target card's memory")
     add_config_arguments(p, epochs_shorthand=False,
                          config_help="base config YAML (e.g. a search's best_config.yaml); default: the seed's")
@@ -129,14 +129,14 @@ def _run(args) -> int:
 
 
 def _inputs(args):
-    from asl_ray.cards import DEFAULT_HEADROOM_MB, CardError, resolve_card
+    from asl_ray.cards import CardError
     try:
         check_paths(folders={"--out": args.out, "--cache-dir": args.cache_dir}, files={"--config": args.config})
         from asl_ray.config import load_config_yaml
         base = load_config_yaml(args.config) if args.config else TrainConfig()
         overrides = parse_overrides(args.overrides)
         base = base.with_overrides(overrides, source="--set") if overrides else base
-        card = resolve_card(args.gpu, args.headroom_mb if args.headroom_mb is not None else DEFAULT_HEADROOM_MB)
+        card = CardArgs.from_args(args).resolve()
     except CardError as e:
         fail(str(e) if str(e).startswith("--") else f"--gpu: {e}")
     except UserInputError as e:
@@ -153,8 +153,8 @@ def _predict(variants: list[VariantRuns], base: TrainConfig, num_classes: int) -
         cfg = v.ablation.config(base) if v.ablation else base
         try:
             estimate = estimate_peak_vram(cfg, num_classes)
-            v.predicted_reserved_mb = estimate.reserved_peak_bytes() / 2 ** 20
-            v.predicted_with_context_mb = estimate.total_bytes / 2 ** 20
+            v.predicted_reserved_mb = estimate.reserved_peak_bytes() / MiB
+            v.predicted_with_context_mb = estimate.total_bytes / MiB
         except Exception as e:  # the estimate is a side column; a failure must not cost the measurements
             print(f"VRAM estimate for {v.name} failed: {type(e).__name__}: {e}")
 

@@ -26,6 +26,7 @@ from asl_ray.data.cache import SequenceCache
 from asl_ray.faults import faults_for
 from asl_ray.plan.cache import PlanCache
 from asl_ray.plan.measure import PlanMeasurement, describe_plan, device_identity, measure_plan
+from asl_ray.plan.settings import PlanSearchSettings
 from asl_ray.stats import t_quantile
 from asl_ray.train.metrics import MB
 from asl_ray.train.runtime import Runtime
@@ -115,7 +116,7 @@ def runs_on(cfg: TrainConfig, runtime: Runtime) -> TrainConfig:
 
 
 def search_plans(candidates: list[TrainConfig], cache: SequenceCache, runtime: Runtime, store: PlanCache,
-                 fits: Fits, warmup_steps: int, steps: int, max_plans: int, plan_keys: Sequence[str], *,
+                 fits: Fits, settings: PlanSearchSettings, plan_keys: Sequence[str], *,
                  usable_bytes: Optional[int] = None,
                  measure: Callable[..., PlanMeasurement] = measure_plan) -> PlanChoice:
     """The fastest of `candidates` (one learning config's plans, in preference order) that fits and runs.
@@ -125,6 +126,7 @@ def search_plans(candidates: list[TrainConfig], cache: SequenceCache, runtime: R
     card's size, part of the device identity (`device_identity`). `measure`: `measure_plan` (tests give
     another)."""
     started = time.perf_counter()
+    warmup_steps, steps, max_plans = settings.warmup_steps, settings.steps, settings.max_plans
     device = device_identity(runtime, usable_bytes)
     data = cache.path.name  # the cache directory is named by a key over the data's content
 

@@ -33,13 +33,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if given.get("resume"):
         given = _saved_flags(given)
     with user_errors():
-        sc = resolve(given)  # every check that can fail does so here, before Ray starts
+        # every check that can fail does so here, before Ray starts: the values, then the folder, port and data
+        from asl_ray.search import session
+        sc = session.prepare(resolve(given), port_given=given.get("dashboard_port") is not None)
         if not sc.resume:
             sc.args_file().write_text(json.dumps(sc.saved_flags(), indent=1))
-        from asl_ray.search.session import run_search
         # A bad value found only once a trial is sampled (two keys that clash) is one line too; Tune's saved state
         # keeps what ran, for --resume after the space file is fixed.
-        return run_search(sc)
+        return session.run_search(sc)
 
 
 def _saved_flags(given: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,12 @@ its annotation the type. Fields without a default take the space file's value wh
 (`trials`, `gpu`, `headroom_mb`, `plan_search`, `confirm_seeds`, `confirm_folds`, `finalists`) or are worked out
 (`name`,
 `dashboard_port`); the resolved fields (the loaded space, the card, the data's cache) are no flags.
-`resolve(given)` builds one from the flags given, every check done before Ray starts.
+`resolve(given)` builds one from the flags given, every check done before Ray starts; it writes nothing
+(the session's `prepare` makes the folder, settles the port and opens the data).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from asl_ray.cli import DEFAULT_DATA, path_problems
-from asl_ray.config import ConfigError
-from asl_ray.search.dashboard import DEFAULT_DASHBOARD_PORT, choose_dashboard_port
+from asl_ray.config import is_finite_number, ConfigError
+from asl_ray.search.dashboard import DEFAULT_DASHBOARD_PORT
 from asl_ray.search.select import SELECT_RULES, Selection
 from asl_ray.search.space import SearchSpace
 from asl_ray.search.space_yaml import PLAN_SEARCH_MODES
@@ -115,10 +115,10 @@ class SearchConfig:
     """The loaded space file, its plan_search mode set to `plan_search`."""
     card: Card = field(metadata=NOT_A_FLAG)
     """The target card (`gpu` with `headroom_mb`)."""
-    cache_path: Path = field(metadata=NOT_A_FLAG)
-    """The data's SequenceCache directory."""
-    num_classes: int = field(metadata=NOT_A_FLAG)
-    """Signs in the data (the classifier's width)."""
+    cache_path: Optional[Path] = field(default=None, metadata=NOT_A_FLAG)
+    """The data's SequenceCache directory (None until `prepare` opened the data)."""
+    num_classes: int = field(default=0, metadata=NOT_A_FLAG)
+    """Signs in the data (the classifier's width; 0 until `prepare` opened the data)."""
 
     def __post_init__(self) -> None:
         problems = type_problems(self) or flag_problems({f.name: getattr(self, f.name) for f in flag_fields()})
@@ -189,9 +189,6 @@ def flag_name(name: str) -> str:
     return f.metadata.get("flag") or "--" + name.replace("_", "-")
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
 
 def flag_problems(values: Mapping[str, Any]) -> list[str]:
     """Every bad value among `values` (flag field -> value; absent ones are not checked), each naming its flag."""
@@ -202,13 +199,13 @@ def flag_problems(values: Mapping[str, Any]) -> list[str]:
             p.append(f"{flag_name(name)}: {rule}, got {values[name]!r}")
 
     check("trials", lambda v: v > 0, "must be > 0")
-    check("headroom_mb", lambda v: _finite(v) and v >= 0, "must be a finite number >= 0")
+    check("headroom_mb", lambda v: is_finite_number(v) and v >= 0, "must be a finite number >= 0")
     check("confirm_seeds", lambda v: v >= 0, "must be >= 0 (0: no confirmation runs)")
     check("confirm_folds", lambda v: v >= 1, "must be >= 1")
     check("finalists", lambda v: v >= 1, "must be >= 1")
     check("num_cpus", lambda v: v > 0, "must be > 0")
     check("concurrency", lambda v: v >= 0, "must be >= 0 (0: one trial per GPU)")
-    check("cpus_per_trial", lambda v: _finite(v) and v > 0, "must be a finite number > 0")
+    check("cpus_per_trial", lambda v: is_finite_number(v) and v > 0, "must be a finite number > 0")
     check("max_failures", lambda v: v >= 0, "must be >= 0")
     check("dashboard_port", lambda v: 1 <= v <= 65535, "must be a port number in 1..65535")
     check("gpu", lambda v: bool(v.strip()), "must name a card")
@@ -249,9 +246,8 @@ def raise_if(problems: list[str]) -> None:
 # ---- resolution ------------------------------------------------------------------------------------
 def resolve(given: Mapping[str, Any], log=print) -> SearchConfig:
     """A SearchConfig from the flags given (flag field -> value; absent: the default, else the space's).
-    Order: the flags, the space and card, the experiment folder, the dashboard port, then the data (which may
-    be written and preprocessed). Raises one SearchConfigError per stage naming every bad flag/file/key; a port
-    in use or bad data exits 2 with one line (asl_ray.cli.fail), as every entry point does."""
+    Values only: the flags, the space and card, whether the experiment folder may be used; nothing is written
+    (`prepare` does that). Raises one SearchConfigError per stage naming every bad flag/file/key."""
     from asl_ray.search.space import SpaceError, load_space
     from asl_ray.cards import CardError, resolve_card
     unknown = sorted(set(given) - {f.name for f in flag_fields()})
@@ -295,16 +291,10 @@ def resolve(given: Mapping[str, Any], log=print) -> SearchConfig:
     values["storage_path"], values["space_file"] = Path(values["storage_path"]), Path(values["space_file"])
     _check_experiment_folder(Path(values["storage_path"]) / values["name"], values["name"], values["resume"],
                              values["storage_path"])
-    if "dashboard_port" not in values:  # an --address cluster has its own dashboard: nothing to probe here
-        values["dashboard_port"] = (DEFAULT_DASHBOARD_PORT if values["address"]
-                                    else choose_dashboard_port(values["dashboard_host"], None, log))
-    elif not values["address"]:
-        choose_dashboard_port(values["dashboard_host"], values["dashboard_port"], log)  # refused if taken
-
-    data, cache = _open_data(values["data"], values["cache_dir"])
-    values["data"] = Path(data)
+    values.setdefault("dashboard_port", DEFAULT_DASHBOARD_PORT)  # prepare() finds a free one if this is taken
+    values["data"] = Path(values["data"])
     values["cache_dir"] = Path(values["cache_dir"]) if values["cache_dir"] is not None else None
-    return SearchConfig(**values, space=space, card=card, cache_path=Path(cache.path), num_classes=cache.num_classes)
+    return SearchConfig(**values, space=space, card=card)
 
 
 def _check_experiment_folder(root: Path, name: str, resume: bool, storage_path: Path) -> None:
@@ -314,17 +304,3 @@ def _check_experiment_folder(root: Path, name: str, resume: bool, storage_path: 
     if not resume and (root / TUNE_DIR).exists():
         raise SearchConfigError(f"--name {name!r}: {root} already holds an experiment; use --resume to finish "
                                 f"it or another --name")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise SearchConfigError(f"--storage-path: cannot write to {root}: {e.strerror or e}") from None
-
-
-def _open_data(data: Path, cache_dir: Optional[Path]):
-    """(data root, its SequenceCache); the default root is synthesised if missing."""
-    from asl_ray.cli import open_data_or_fail
-    return open_data_or_fail(None if Path(data) == DEFAULT_DATA else str(data),
-                             str(cache_dir) if cache_dir is not None else None)

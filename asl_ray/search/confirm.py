@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pandas as pd
 from ray import tune
 
 from asl_ray.config import TrainConfig
+from asl_ray.outcome import outcome_row, unfinished
 from asl_ray.search import experiment
 from asl_ray.search.config import SearchConfig, TRAIN_DIR, TUNE_DIR
 from asl_ray.search.progress import StateChangeReporter
 from asl_ray.search.results import best_config
 from asl_ray.search.searcher import TRAIN_LOOP_CONFIG, epochs_done
-from asl_ray.search.session import was_interrupted
+from asl_ray.search.tuners import tuner_for, was_interrupted
 
 SEED_OFFSET = 1000
 """Fresh seeds start this far above a finalist's own seed."""
@@ -95,54 +94,30 @@ def run_confirmation(sc: SearchConfig, df: pd.DataFrame, finalist_ids: Sequence[
                      resume: bool) -> Optional[pd.DataFrame]:
     """Train every (finalist, fresh seed) run, or with `resume` finish the runs an interrupted stage left;
     returns their rows (CONFIRM_COLUMNS), None when the stage was interrupted."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table honours our columns
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")  # a killed driver loses little
     points = confirmation_points(sc, df, finalist_ids)
     use_gpu, at_once = _placement(sc)
     settings = dataclasses.replace(experiment.trial_settings(sc, use_gpu, plan_search=False),
                                    train_storage=str((sc.confirm_dir() / TRAIN_DIR).resolve()))
     fn = experiment.trainable(settings)
     tune_dir = (sc.confirm_dir() / TUNE_DIR).resolve()
-    if resume and tune.Tuner.can_restore(str(tune_dir)):
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=fn, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=True)
-    else:
-        reporter = StateChangeReporter({f"{TRAIN_LOOP_CONFIG}/fold": "fold", f"{TRAIN_LOOP_CONFIG}/seed": "seed"},
-                                       experiment.PROGRESS_METRICS)
-        tuner = tune.Tuner(
-            fn, param_space={TRAIN_LOOP_CONFIG: tune.grid_search([cfg for *_, cfg in points])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=at_once, trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent), progress_reporter=reporter,
-                                      verbose=1, failure_config=tune.FailureConfig(max_failures=0)))
+    reporter = StateChangeReporter({f"{TRAIN_LOOP_CONFIG}/fold": "fold", f"{TRAIN_LOOP_CONFIG}/seed": "seed"},
+                                   experiment.PROGRESS_METRICS)
+    tuner = tuner_for(tune_dir, fn, resume, lambda: tune.Tuner(
+        fn, param_space={TRAIN_LOOP_CONFIG: tune.grid_search([cfg for *_, cfg in points])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=at_once, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent), progress_reporter=reporter,
+                                  verbose=1, failure_config=tune.FailureConfig(max_failures=0))))
     grid = tuner.fit()
     epochs = sc.space.budget.epochs
-    if was_interrupted(grid) or any(_unfinished(r, epochs) for r in grid):
+    if was_interrupted(grid) or any(unfinished(r.metrics, r.error is not None, epochs_done(r.metrics or {}), epochs)
+                                    for r in grid):
         return None
     finalist_of = {_point_key(cfg): finalist for finalist, _, _, cfg in points}
     return pd.DataFrame([confirmation_row(r, finalist_of, epochs) for r in grid], columns=CONFIRM_COLUMNS)
 
 
-def _unfinished(result, epochs: int) -> bool:
-    """A run Ctrl-C stopped: Tune marks it terminated with its last epoch's result (FIFO stops none early)."""
-    m = result.metrics or {}
-    return result.error is None and m.get("status", "ok") == "ok" and epochs_done(m) < epochs
-
-
 def confirmation_row(result, finalist_of: dict[str, str], epochs: int) -> dict[str, Any]:
     cfg = dict(result.config[TRAIN_LOOP_CONFIG])
-    finalist = finalist_of.get(_point_key(cfg), "")
-    m = dict(result.metrics or {})
-    if result.error is not None:
-        status = "error"
-    elif m.get("status") in ("oom", "diverged", "no_plan"):
-        status = m["status"]
-    else:
-        status = "ok" if epochs_done(m) >= epochs else "stopped"
-    history = result.metrics_dataframe
-    seconds = (float(history["time_this_iter_s"].sum()) if history is not None and "time_this_iter_s" in history
-               else m.get("time_total_s", float("nan")))
-    return {"finalist": finalist, "trial_id": m.get("trial_id", Path(result.path).name), "fold": int(cfg["fold"]),
-            "seed": int(cfg["seed"]), "status": status, "val_acc": m.get("val_acc", float("nan")),
-            "val_samples": m.get("val_samples", float("nan")), **experiment.run_speed_of(m),
-            "trial_seconds": seconds,
-            "error": str(result.error).splitlines()[0][:200] if result.error else m.get("error", "")}
+    row = outcome_row(result, epochs_done(result.metrics or {}), epochs)
+    return {**{k: row[k] for k in CONFIRM_COLUMNS if k in row}, "finalist": finalist_of.get(_point_key(cfg), ""),
+            "fold": int(cfg["fold"]), "seed": int(cfg["seed"])}

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from asl_ray.cards import Card
-from asl_ray.config import ConfigError, TrainConfig
+from asl_ray.outcome import NEVER_LAUNCHED, Status, outcome_row
 from asl_ray.plan.fits import CardFit
 from asl_ray.search.driver import DRIVER_CPUS, TrialSettings, train_driver_fn
 from asl_ray.search.progress import StateChangeReporter
@@ -28,9 +25,9 @@ from asl_ray.search.searcher import (BASELINE_ATTR, EPOCHS_DONE, TRAIN_LOOP_CONF
                                      fail_unfinished_trials)
 from asl_ray.search.space import SearchSpace
 from asl_ray.search.trial_worker import PLAN_CONFIG_PREFIX
+from asl_ray.search.tuners import tuner_for
 
 log = logging.getLogger(__name__)
-MiB = 2 ** 20
 NAN = float("nan")
 PROGRESS_METRICS = {"plan": "plan", "val_acc": "acc", "samples_per_s_median": "samples/s", EPOCHS_DONE: "epochs",
                     "status": "status"}
@@ -38,26 +35,26 @@ PLAN_METRIC_DEFAULTS = {"plan": "", "plan_samples_per_s": NAN, "plan_samples_per
                         "plan_peak_reserved_mb": NAN, "plan_runner_ups": "[]", "plans_measured": 0,
                         "plans_from_cache": 0, "plans_rejected": 0, "plan_search_seconds": NAN}
 """The plan columns of a row (PlanChoice.metrics()), as a trial that searched no plan has them."""
-NEVER_LAUNCHED = ("rejected", "no_plan")  # Optuna user attr status of configs told in `suggest`
+PREDICTED_MEMORY = ("predicted_reserved_mb", "predicted_total_mb", "predicted_fit_mb")
+"""The VRAM predictions a row holds (CardFit.predicted_memory), for the plan the trial ran."""
 
 
 def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def trial_settings(sc, use_gpu: bool, plan_search: Optional[bool] = None) -> TrialSettings:
-    """What every trial of the search shares. `plan_search` None: on in the space's mode `measure`; the
-    confirmation stage passes False (its configs are full TrainConfig dicts, trained as given)."""
+def trial_settings(sc, use_gpu: bool, plan_search: bool = True) -> TrialSettings:
+    """What every trial of the search shares. The space's plan search runs in its mode `measure`; the
+    confirmation stage passes plan_search=False (its configs are full TrainConfig dicts, trained as given)."""
     space = sc.space
+    searching = plan_search and space.plan_search.mode == "measure"
     return TrialSettings(
         base_config=space.base_config().to_dict(), cache_path=str(sc.cache_path),
         train_storage=str(Path(sc.train_dir()).resolve()), use_gpu=use_gpu, cpus_per_worker=sc.cpus_per_trial,
+        card=CardFit.for_card(sc.card, sc.num_classes),
         emulate_usable_bytes=sc.card.usable_bytes if sc.emulate and use_gpu else None,
-        max_failures=sc.max_failures,
-        plan_search=space.plan_search.mode == "measure" if plan_search is None else plan_search, space=space,
-        plan_cache_dir=str(Path(sc.plan_cache_dir()).resolve()), warmup_steps=space.plan_search.warmup_steps,
-        steps=space.plan_search.steps, max_plans=space.plan_search.max_plans, plan_keys=tuple(space.plan_names()),
-        usable_bytes=sc.card.usable_bytes, num_classes=sc.num_classes, compute_capability=sc.card.compute_capability)
+        max_failures=sc.max_failures, plan_search=space.plan_search if searching else None, space=space,
+        plan_cache_dir=str(Path(sc.plan_cache_dir()).resolve()))
 
 
 def trainable(settings: TrialSettings):
@@ -99,21 +96,13 @@ def can_resume(sc) -> bool:
 
 def run(sc, resume: bool) -> Any:
     """Run (or finish, with resume) the search's Tune experiment; returns Tune's ResultGrid."""
-    # The classic progress table honours our columns; Tune's newer output ignores the reporter.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Save the experiment's state at least every 10 s (it is small): a killed driver loses little.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     use_gpu = cluster_gpus() > 0
     fn = trainable(trial_settings(sc, use_gpu))
-    if resume:
-        tuner = tune.Tuner.restore(str(Path(sc.tune_dir()).resolve()), trainable=fn,
-                                   resume_unfinished=True, resume_errored=False, restart_errored=True)
-    else:
-        tuner = tune.Tuner(
-            fn,
-            tune_config=tune.TuneConfig(search_alg=_searcher(sc), scheduler=_scheduler(sc.space), num_samples=sc.trials,
-                                        max_concurrent_trials=sc.concurrency or max(1, cluster_gpus())),
-            run_config=_run_config(sc))
+    tuner = tuner_for(Path(sc.tune_dir()).resolve(), fn, resume, lambda: tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(search_alg=_searcher(sc), scheduler=_scheduler(sc.space), num_samples=sc.trials,
+                                    max_concurrent_trials=sc.concurrency or max(1, cluster_gpus())),
+        run_config=_run_config(sc)))
     started = time.perf_counter()
     grid = tuner.fit()
     log.info("tune finished in %.0f s", time.perf_counter() - started)
@@ -157,18 +146,6 @@ def result_rows(grid, sc) -> list[dict[str, Any]]:
     return [{c: row.get(c, NAN) for c in columns} for row in rows]
 
 
-def predicted_memory(cfg: Optional[TrainConfig], num_classes: int, card: Card) -> dict[str, float]:
-    """The predictions, each labelled: the allocator's unconstrained peak (what `max_memory_reserved`
-    measures, no CUDA context), that peak with the context (what nvidia-smi would show), and the fit
-    figure the verdict compares with the card (least need under free-and-retry + context + margin)."""
-    if cfg is None:
-        return {"predicted_reserved_mb": NAN, "predicted_total_mb": NAN, "predicted_fit_mb": NAN}
-    from asl_ray.vram.estimate import estimate_peak_vram
-    estimate = estimate_peak_vram(cfg, num_classes, card.compute_capability)  # cached by the searcher's call
-    return {"predicted_reserved_mb": estimate.reserved_peak_bytes() / MiB,
-            "predicted_total_mb": estimate.total_bytes / MiB, "predicted_fit_mb": estimate.fit_bytes() / MiB}
-
-
 def baseline_name(space: SearchSpace, values: dict[str, Any]) -> str:
     """The baseline a trial ran: its Optuna values are the baseline's, and so is its pinned plan (the plan
     keys its config carries, mode measure)."""
@@ -199,7 +176,7 @@ def val_acc_curve(history) -> str:
         return "[]"
     rows = history[history[EPOCHS_DONE].fillna(0) > 0]
     if "status" in rows:
-        rows = rows[rows["status"] == "ok"]
+        rows = rows[rows["status"] == Status.OK]
     by_epoch = rows.drop_duplicates(EPOCHS_DONE, keep="last").sort_values(EPOCHS_DONE)
     return json.dumps([float(v) for v in by_epoch["val_acc"]])
 
@@ -209,77 +186,46 @@ def _chosen_plan(space: SearchSpace, values: dict, metrics: dict) -> dict[str, A
     return {k: metrics.get(PLAN_CONFIG_PREFIX + k, values.get(k, NAN)) for k in space.plan_names()}
 
 
-def _config_of(space: SearchSpace, values: dict, plan: dict) -> Optional[TrainConfig]:
-    if any(isinstance(v, float) and math.isnan(v) for v in plan.values()):
-        return None
-    try:
-        return space.config_for({**{k: values[k] for k in space.param_names()}, **plan})
-    except (ConfigError, KeyError):
-        return None
-
-
 def _trial_row(result, sc) -> dict[str, Any]:
     space = sc.space
     values = dict(result.config[TRAIN_LOOP_CONFIG])
     m = dict(result.metrics or {})
     history = result.metrics_dataframe
     epochs_run = epochs_done(m)
-    if result.error is not None:
-        status = "error"
-    elif m.get("status") in ("oom", "diverged", "no_plan"):
-        status = m["status"]
-    elif epochs_run < space.budget.epochs:
-        status = "stopped"
-    else:
-        status = "ok"
     plan = _chosen_plan(space, values, m)
-    cfg = _config_of(space, values, plan)
-    # Tune's wall time of the trial's last attempt: a trial resumed without a Tune checkpoint starts
-    # Tune's clock and progress.csv again (the Train-side loop_seconds covers every epoch).
-    seconds = (float(history["time_this_iter_s"].sum()) if history is not None and "time_this_iter_s" in history
-               else m.get("time_total_s", NAN))
+    row = outcome_row(result, epochs_run, space.budget.epochs)
     return {
-        "trial_id": m.get("trial_id", Path(result.path).name), "status": status,
-        "feasible": status in ("ok", "stopped"), "baseline": baseline_name(space, values),
+        **row, "baseline": baseline_name(space, values),
         **{k: values.get(k, NAN) for k in space.param_names()}, **plan,
         "precision_run": _precision_run(history, m), "effective_batch": space.effective_batch_for(values),
         "epochs_run": epochs_run, "seed": m.get("seed", space.base_config().seed),
-        "val_acc": m.get("val_acc", NAN), "val_samples": m.get("val_samples", NAN),
-        **run_speed_of(m),
         **{k: m.get(k, default) for k, default in PLAN_METRIC_DEFAULTS.items()},
         "val_acc_curve": val_acc_curve(history),
         "cuda_max_reserved_mb": _column_max(history, "cuda_max_reserved_mb"),
         "cuda_max_allocated_mb": _column_max(history, "cuda_max_allocated_mb"),
-        **predicted_memory(cfg, sc.num_classes, sc.card),
+        **{k: m.get(k, NAN) for k in PREDICTED_MEMORY},  # reported by the worker, for the plan it ran
         "rss_peak_mb": _column_max(history, "rss_peak_mb"),
         "device": m.get("device", ""), "node_id": m.get("node_id", ""), "hostname": m.get("hostname", ""),
-        "trial_seconds": seconds, "loop_seconds": m.get("loop_seconds_total", NAN),
-        "error": str(result.error).splitlines()[0][:200] if result.error else m.get("error", ""),
+        "loop_seconds": m.get("loop_seconds_total", NAN),
     }
-
-
-def run_speed_of(metrics: dict) -> dict[str, float]:
-    """A run's samples/s as the row holds it: the median over its epochs (the worker's `samples_per_s_median`),
-    with their interquartile range; an infeasible run's last result (no epoch) has only its 0."""
-    return {"samples_per_s": metrics.get("samples_per_s_median", metrics.get("samples_per_s", NAN)),
-            "samples_per_s_iqr": metrics.get("samples_per_s_iqr", NAN)}
 
 
 def _never_launched_rows(sc) -> list[dict[str, Any]]:
     """Configs told in `suggest` and never run: rejected by the VRAM check (its figure is of the smallest
     micro-batch's plan, the least need) or without a plan whose micro-batch divides the effective batch."""
     space = sc.space
+    card = CardFit.for_card(sc.card, sc.num_classes)
     rows = []
     for t in _study(sc).get_trials(deepcopy=False):
         status = t.user_attrs.get("status")
-        if status not in NEVER_LAUNCHED:
+        if status not in [s.value for s in NEVER_LAUNCHED]:
             continue
         index = t.user_attrs.get(BASELINE_ATTR)
         values = dict(t.params)
         if index is not None and space.plan_search.mode == "measure":
             values.update(space.baseline_plans[index])
         cfg = None
-        if status == "rejected":
+        if status == Status.REJECTED.value:
             candidates = space.plan_candidates(values)
             cfg = min(candidates, key=lambda c: c.batch_size) if candidates else None
         plan = space.plan_of(cfg) if cfg is not None else {k: values.get(k, NAN) for k in space.plan_names()}
@@ -287,6 +233,6 @@ def _never_launched_rows(sc) -> list[dict[str, Any]]:
                      "baseline": space.baseline_names[index] if index is not None else "",
                      **{k: values.get(k, NAN) for k in space.param_names()}, **plan, "precision_run": "",
                      "effective_batch": space.effective_batch_for(values), "epochs_run": 0,
-                     **PLAN_METRIC_DEFAULTS, "val_acc_curve": "[]", **predicted_memory(cfg, sc.num_classes, sc.card),
+                     **PLAN_METRIC_DEFAULTS, "val_acc_curve": "[]", **card.predicted_memory(cfg),
                      "error": t.user_attrs.get("error", "")})
     return rows

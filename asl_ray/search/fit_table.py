@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional, Sequence
 
-from asl_ray.cli import OneLineParser, check_paths, fail, non_negative_float, user_errors
+from asl_ray.cli import CardArgs, OneLineParser, check_paths, fail, user_errors
 from asl_ray.config import TrainConfig
 from asl_ray.search.space import SearchSpace, load_space
-from asl_ray.cards import Card, resolve_card
+from asl_ray.cards import Card
 from asl_ray.vram.fit import fits, largest_batch_that_fits
 
 MICRO_BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
@@ -25,10 +25,7 @@ MICRO_BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m asl_ray.search.fit_table", description="What of a search space fits a card, by the VRAM estimate.")
     p.add_argument("--space", required=True, help="a search-space YAML (search_spaces/*.yaml)")
-    p.add_argument("--gpu", default=None,
-                   help="rtx4070, a100-80gb, ..., a size in GiB, or auto (default: the space's gpu)")
-    p.add_argument("--headroom-mb", type=non_negative_float, default=None,
-                   help="kept free for others (default: the space's)")
+    CardArgs.add_to(p, default=None, default_doc="the space's gpu", headroom_doc="the space's headroom_mb")
     p.add_argument("--num-classes", type=int, default=250, help="classifier size (250 for the real data)")
     return p
 
@@ -40,8 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with user_errors():
         check_paths(files={"--space": args.space})
         space = load_space(args.space)
-        headroom = args.headroom_mb if args.headroom_mb is not None else space.headroom_mb
-        card = resolve_card(args.gpu or str(space.gpu), headroom)
+        card = CardArgs.from_args(args).resolve(str(space.gpu), space.headroom_mb)
         print(card.describe())
         print(fit_table(space, card, args.num_classes))
     return 0

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from asl_ray.search.report import curve, pareto_mask, shown
+from asl_ray.outcome import Status
 
 
 def _pyplot():
@@ -25,7 +26,7 @@ def plot_pareto(df: pd.DataFrame, ok: pd.DataFrame, confirmed: Optional[pd.DataF
     the finalists with their confirmed estimates (select.confirmed) and `confirmations` their runs, or None."""
     plt = _pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    stopped = df[df["status"] == "stopped"]
+    stopped = df[df["status"] == Status.STOPPED]
     ax.scatter(stopped["samples_per_s"], stopped["val_acc"], c="lightgrey", label="stopped early (partial)")
     ax.errorbar(ok["samples_per_s"], ok["acc_mean"], yerr=ok["acc_se"], fmt="o", c="tab:blue", ecolor="tab:blue",
                 elinewidth=1, capsize=3, label="search runs (accuracy +- binomial SE)")
@@ -64,7 +65,7 @@ def _confirmed_runs(ax, confirmed: Optional[pd.DataFrame], confirmations: Option
     at the geometric-mean speed."""
     if confirmed is None or confirmations is None or not len(confirmed):
         return
-    done = confirmations[confirmations["status"] == "ok"]
+    done = confirmations[confirmations["status"] == Status.OK]
     runs = done[done["finalist"].isin(confirmed["trial_id"])]
     ax.scatter(runs["samples_per_s"], runs["val_acc"], s=9, c="black", alpha=0.6, zorder=4,
                label="confirmation runs (same fold, seed pairs)")
@@ -83,7 +84,7 @@ def plot_curves(df: pd.DataFrame, path: Path, rungs: Sequence[int], chance: Opti
         if not accs:
             continue
         drawn += 1
-        ax.plot(range(1, len(accs) + 1), accs, marker=".", lw=1.2, ls="--" if row["status"] == "stopped" else "-",
+        ax.plot(range(1, len(accs) + 1), accs, marker=".", lw=1.2, ls="--" if row["status"] == Status.STOPPED else "-",
                 label=f"{row['trial_id']} ({row['status']})")
     for i, epoch in enumerate(rungs):
         ax.axvline(epoch, color="grey", lw=0.8, ls=":", label="ASHA rung" if i == 0 else None)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from asl_ray.search import decision_report as decision
 from asl_ray.search.select import finished, seed_baseline
+from asl_ray.outcome import Status
 
 MEMORY_COLUMNS = ["cuda_max_reserved_mb", "predicted_reserved_mb", "predicted_total_mb", "predicted_fit_mb",
                   "rss_peak_mb"]
@@ -153,7 +154,7 @@ def curve(row: pd.Series) -> list[float]:
 def rung_rank_correlation(df: pd.DataFrame, rung: int) -> tuple[float, int]:
     """(Spearman rank correlation between val_acc at epoch `rung` and at the last epoch, trials behind it) over
     the trials that ran every epoch (status ok): does the first cut rank as the end does? NaN below 3 trials."""
-    pairs = [(accs[rung - 1], accs[-1]) for _, row in df[df["status"] == "ok"].iterrows()
+    pairs = [(accs[rung - 1], accs[-1]) for _, row in df[df["status"] == Status.OK].iterrows()
              if len(accs := curve(row)) > rung]
     if len(pairs) < 3:
         return float("nan"), len(pairs)

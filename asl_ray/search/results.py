@@ -9,11 +9,11 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from asl_ray.cards import MiB
 from asl_ray.config import FIELD_NAMES, TrainConfig
 from asl_ray.search import plots, report
 from asl_ray.search.select import confirmed, screened, select_best
 
-MiB = 2 ** 20
 _FIELD_KIND = {f.name: f.type for f in fields(TrainConfig)}
 
 

@@ -42,7 +42,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from ray.tune.search import Searcher
 
+from asl_ray.cards import MiB
 from asl_ray.config import ConfigError, TrainConfig
+from asl_ray.outcome import Status, reported_infeasible
 from asl_ray.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,6 @@ MAX_GRID_POINTS = 200_000  # untried points considered for a converged sampler
 RESULT_ATTRS = ("oom", "status", EPOCHS_DONE, "precision", "cuda_max_reserved_mb", "rss_peak_mb", "oom_step",
                 "plan", "plan_samples_per_s", "plans_measured", "plans_from_cache", "val_samples", "seed")
 """Metrics of a trial's last result kept as user attrs of its Optuna trial (what optuna-dashboard shows)."""
-MiB = 2 ** 20
 
 Fits = Callable[[TrainConfig], tuple[bool, int]]
 """The VRAM verdict for one full TrainConfig: (fits, predicted bytes); `asl_ray.plan.fits.CardFit`."""
@@ -227,7 +228,7 @@ class FitAwareSearch(Searcher):
         if self._space.plan_search.mode == "measure":
             candidates = self._space.plan_candidates(values, pinned)
             if not candidates:
-                self._tell_never_launched(trial, values, "no_plan", None, time.perf_counter() - started)
+                self._tell_never_launched(trial, values, Status.NO_PLAN, None, time.perf_counter() - started)
                 return None
             fitting, peak = smallest_fitting(candidates, self._fits)
             if fitting is not None:
@@ -240,7 +241,7 @@ class FitAwareSearch(Searcher):
                 cfg = self._space.config_for(values)
             except ConfigError as e:  # this micro-batch does not divide this effective batch: not a point
                 self._never_launched.add(config_key(values))
-                trial.set_user_attr("status", "no_plan")
+                trial.set_user_attr("status", Status.NO_PLAN.value)
                 trial.set_user_attr("error", str(e)[:300])
                 self._study.tell(trial, None, state=optuna.trial.TrialState.PRUNED)
                 log.info("not a runnable point (%s): %s", e, values)
@@ -249,20 +250,20 @@ class FitAwareSearch(Searcher):
             fitting = cfg if ok else None
         trial.set_user_attr("predicted_fit_mb", peak / MiB)
         if fitting is None:
-            self._tell_never_launched(trial, values, "rejected", peak, time.perf_counter() - started)
+            self._tell_never_launched(trial, values, Status.REJECTED, peak, time.perf_counter() - started)
             return None
         trial.set_user_attr("predicted_plan_batch_size", fitting.batch_size)
         return {**values, **pinned}
 
-    def _tell_never_launched(self, trial: optuna.Trial, values: dict, status: str, peak: Optional[int],
+    def _tell_never_launched(self, trial: optuna.Trial, values: dict, status: Status, peak: Optional[int],
                              seconds: float) -> None:
         self._never_launched.add(config_key(values))
-        trial.set_user_attr("status", status)
+        trial.set_user_attr("status", status.value)
         trial.set_user_attr(INFEASIBLE, 1.0)
         trial.set_user_attr("reject_seconds", seconds)
         trial.set_constraint(INFEASIBLE, 1.0)
         self._study.tell(trial, [0.0, 0.0], state=optuna.trial.TrialState.COMPLETE)
-        if status == "no_plan":
+        if status is Status.NO_PLAN:
             log.info("no plan's micro-batch divides the effective batch; not launched: %s", values)
         else:
             log.info("rejected without launching (predicted %.0f MiB): %s", peak / MiB, values)
@@ -301,9 +302,9 @@ class FitAwareSearch(Searcher):
             # Not told yet: an interrupted search marks its in-flight trials errored, and a resumed
             # run finishes them; telling FAIL now would leave a failed twin in the study. Trials that
             # really failed are told FAIL when the search ends (`fail_unfinished_trials`).
-            trial.set_user_attr("status", "error")
+            trial.set_user_attr("status", Status.ERROR.value)
             return
-        if not result.get("feasible", True) or result.get("status") in ("oom", "diverged", "no_plan"):
+        if reported_infeasible(result):
             self._tell(trial_id, [0.0, 0.0], optuna.trial.TrialState.COMPLETE, infeasible=1.0)
         elif epochs_done(result) < self._max_epochs:
             self._tell(trial_id, None, optuna.trial.TrialState.PRUNED)  # stopped early by the scheduler

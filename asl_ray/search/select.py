@@ -29,9 +29,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from asl_ray.config import ConfigError
+from asl_ray.config import is_finite_number, ConfigError
 from asl_ray import stats
 from asl_ray.search import decide
+from asl_ray.outcome import Status
 
 SELECT_RULES = ("noise-aware", "most-accurate", "fastest")
 DEFAULT_BASELINE = "default"
@@ -64,9 +65,9 @@ class Selection:
         problems = []
         if self.rule not in SELECT_RULES:
             problems.append(f"--select: must be one of {', '.join(SELECT_RULES)}, got {self.rule!r}")
-        if not _finite_number(self.alpha) or not 0 < self.alpha < 0.5:
+        if not is_finite_number(self.alpha) or not 0 < self.alpha < 0.5:
             problems.append(f"--alpha: must be a finite number in (0, 0.5), got {self.alpha!r}")
-        if not _finite_number(self.delta) or not 0 <= self.delta < 1:
+        if not is_finite_number(self.delta) or not 0 <= self.delta < 1:
             problems.append(f"--delta: must be a finite number in [0, 1), got {self.delta!r}")
         if problems:
             raise ConfigError("; ".join(problems))
@@ -83,15 +84,12 @@ class Selection:
                 "fastest": "fastest: highest samples/s (confirmed where confirmed)"}[self.rule]
 
 
-def _finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
 
 def finished(df: pd.DataFrame) -> pd.Series:
     """Trials that ran every epoch and fit: the only ones whose accuracy compares fairly."""
     if "status" not in df:
         return pd.Series(False, index=df.index)
-    return (df["status"] == "ok") & df["feasible"].astype(bool)
+    return (df["status"] == Status.OK) & df["feasible"].astype(bool)
 
 
 def binomial_se(p, n):
@@ -165,7 +163,7 @@ def pair_label(fold, seed) -> str:
 def confirmation_matrix(confirmations: pd.DataFrame, finalist_ids: list[str], column: str) -> pd.DataFrame:
     """finalist x (fold, seed) pair: `column` of the ok runs, NaN where a run is missing or did not finish."""
     runs = confirmations.assign(pair=[pair_label(f, s) for f, s in zip(_folds(confirmations), confirmations["seed"])])
-    done = runs[runs["status"] == "ok"]
+    done = runs[runs["status"] == Status.OK]
     pairs = list(dict.fromkeys(runs["pair"]))
     table = done.pivot_table(index="finalist", columns="pair", values=column, aggfunc="first")
     return table.reindex(index=finalist_ids, columns=pairs).astype(float)
@@ -184,7 +182,7 @@ def confirmed(trials: pd.DataFrame, confirmations: pd.DataFrame, selection: Sele
     acc = confirmation_matrix(confirmations, ids, "val_acc")
     speed = confirmation_matrix(confirmations, ids, "samples_per_s")
     log_speed = np.log(speed.where(speed > 0))
-    failed = confirmations[confirmations["status"] != "ok"].groupby("finalist").size()
+    failed = confirmations[confirmations["status"] != Status.OK].groupby("finalist").size()
     runs = acc.notna().sum(axis=1)
     competing = ((runs == acc.shape[1]) & (runs > 0) & rows["feasible"].astype(bool).to_numpy()).to_numpy()
     out = rows.assign(search_val_acc=rows["val_acc"], search_samples_per_s=rows["samples_per_s"])

@@ -9,14 +9,45 @@ workers' output stays in Ray's log files (ray_cluster.py), Optuna says only warn
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 
-from asl_ray.search.config import SearchConfig
+from asl_ray.search.config import DEFAULT_DATA, SearchConfig, SearchConfigError
+from asl_ray.search.dashboard import choose_dashboard_port
+from asl_ray.outcome import Status
 
 EXIT_INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C
+
+
+def prepare(sc: SearchConfig, port_given: bool, log=print) -> SearchConfig:
+    """The actions a search needs before Ray starts, after `resolve` checked the values: make the experiment
+    folder (and check it is writable), settle the dashboard port (a free one if the default is taken; a port
+    given and taken is refused), open the data (the default root is synthesised if missing, then cached).
+    Returns the config with the port and the data's cache path and classes."""
+    try:
+        sc.root.mkdir(parents=True, exist_ok=True)
+        probe = sc.root / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SearchConfigError(f"--storage-path: cannot write to {sc.root}: {e.strerror or e}") from None
+    port = sc.dashboard_port
+    if not sc.address:  # an --address cluster has its own dashboard: nothing to probe here
+        port = choose_dashboard_port(sc.dashboard_host, sc.dashboard_port if port_given else None, log)
+    data, cache = _open_data(sc.data, sc.cache_dir)
+    return dataclasses.replace(sc, dashboard_port=port, data=Path(data), cache_path=Path(cache.path),
+                               num_classes=cache.num_classes)
+
+
+def _open_data(data: Path, cache_dir: Optional[Path]):
+    """(data root, its SequenceCache); the default root is synthesised if missing."""
+    from asl_ray.cli import open_data_or_fail
+    return open_data_or_fail(None if Path(data) == DEFAULT_DATA else str(data),
+                             str(cache_dir) if cache_dir is not None else None)
 
 
 def run_search(sc: SearchConfig) -> int:
@@ -44,6 +75,7 @@ def run_search(sc: SearchConfig) -> int:
 def _main_search(sc: SearchConfig) -> Optional[pd.DataFrame]:
     """The trial rows (written to trials.parquet), or None when the search was interrupted."""
     from asl_ray.search import experiment, report, results
+    from asl_ray.search.tuners import was_interrupted
     done = sc.root / "trials.parquet"
     if sc.resume and done.exists():  # written only once the main search ran to its end
         print(f"search: finished earlier ({done})")
@@ -81,15 +113,9 @@ def _confirmation(sc: SearchConfig, df: pd.DataFrame):
     confirmations = confirm.run_confirmation(sc, df, finalist_ids, resume=sc.resume)
     if confirmations is None:
         return False
-    ok = confirmations[confirmations["status"] == "ok"]
+    ok = confirmations[confirmations["status"] == Status.OK]
     print(f"confirm: {len(ok)} of {len(confirmations)} runs finished", flush=True)
     return confirmations
-
-
-def was_interrupted(grid) -> bool:
-    """Tune returns normally after Ctrl-C; a trial it never finished (no result, or not terminated) tells."""
-    unfinished = any(r.error is None and (r.config is None or not r.metrics) for r in grid)
-    return unfinished or grid.num_terminated + grid.num_errors < len(grid)
 
 
 def _interrupted(sc: SearchConfig, stage: str) -> int:

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
+from asl_ray.plan.settings import PlanSearchSettings
 from asl_ray.config import FIELD_NAMES, TrainConfig
 
 PARAM_TYPES = ("int", "float", "categorical")
@@ -41,23 +42,6 @@ class Budget:
     """ASHA's reduction factor."""
     max_steps_per_epoch: int = 0
     """Cap on micro-batches per epoch for every trial (0: full epochs)."""
-
-
-@dataclass(frozen=True)
-class PlanSearchSettings:
-    mode: str = "measure"
-    """'measure': Optuna samples the learning knobs and each trial measures its candidate plans before training;
-    'optuna': Optuna samples the plan knobs too, one plan per trial (the literal one-level search)."""
-    warmup_steps: int = 2
-    """Optimizer steps run before a plan's timing starts (allocator, cuDNN autotune, compilation)."""
-    steps: int = 3
-    """Optimizer steps a plan is timed over."""
-    max_plans: int = 8
-    """Most plans measured per learning config (fitting candidates, largest micro-batch first)."""
-    min_batch_size: int = 1
-    """The smallest micro-batch any plan may use: a learning constraint, not a speed one. BatchNorm sees the
-    micro-batch, and below some size it changes what is learned (bench/microbatch_accuracy.py: at effective batch
-    32, micro-batch 4 trained 0.036 below 32 on the smoke model and 0.127 below at dim 192, both beyond delta 0.02)."""
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from asl_ray.cli import (OneLineParser, add_config_arguments, check_paths, config_from_args, fail, non_negative_float,
-                         user_errors)
+from asl_ray.cli import (CardArgs, OneLineParser, add_config_arguments, check_paths, config_from_args, fail, user_errors)
 from asl_ray.config import UserInputError
 
 
@@ -20,21 +19,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first damaged sequence instead of skipping it")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last")
     p.add_argument("--ray", action="store_true", help="run the loop inside a Ray Train TorchTrainer")
-    p.add_argument("--emulate-gpu", metavar="CARD",
-                   help="cap CUDA memory as if on CARD (rtx4070, a size in GiB, ...): fits or fails as there")
-    p.add_argument("--headroom-mb", type=non_negative_float, default=None,
-                   help="memory left for other processes (default 512)")
+    CardArgs.add_to(p, flag="--emulate-gpu", default=None, default_doc="no emulation",
+                    gpu_help="cap CUDA memory as if on CARD (rtx4070, a size in GiB, ...): fits or fails as there")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from asl_ray.cards import DEFAULT_HEADROOM_MB, resolve_card
     try:
         check_paths(folders={"--out": args.out, "--cache-dir": args.cache_dir}, files={"--config": args.config})
         cfg = config_from_args(args)
-        card = resolve_card(args.emulate_gpu, args.headroom_mb if args.headroom_mb is not None
-                            else DEFAULT_HEADROOM_MB) if args.emulate_gpu else None
+        card = CardArgs.from_args(args).resolve()
         out = Path(args.out)
         if args.resume and not (out / "checkpoints" / "last").exists() and not args.ray:
             fail(f"--resume: no checkpoint under {out / 'checkpoints' / 'last'}")

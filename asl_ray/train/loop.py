@@ -19,6 +19,7 @@ from asl_ray.data.cache import SequenceCache
 from asl_ray.faults import NO_FAULTS, Faults, faults_for
 from asl_ray.data.dataset import Batch, SequenceDataset, make_loader, split_of
 from asl_ray.model import GISLRModel
+from asl_ray.outcome import Status
 from asl_ray.train.accumulate import make_accumulation
 from asl_ray.train.metrics import MemoryMonitor, ThroughputMeter, run_speed
 from asl_ray.train.optim import Lookahead, make_optimizer, make_schedule
@@ -189,7 +190,7 @@ def has_diverged(s: Session, train_metrics: dict[str, float]) -> bool:
 
 def diverged_result(s: Session, train_metrics: dict[str, float]) -> dict[str, Any]:
     s.step.optimizer.zero_grad(set_to_none=True)
-    return {"oom": False, "feasible": False, "status": "diverged", "epoch": s.epoch,
+    return {"oom": False, "feasible": False, "status": Status.DIVERGED.value, "epoch": s.epoch,
             "optimizer_steps": s.step.attempted_steps, "scaler_skipped_steps": s.step.skipped_steps,
             **train_metrics, **s.memory.result(),
             "error": f"loss not finite in {train_metrics['nonfinite_losses']} of {train_metrics['train_batches']} "
@@ -243,7 +244,7 @@ def oom_result(s: Session, error: BaseException) -> dict[str, Any]:
     s.step.optimizer.zero_grad(set_to_none=True)
     gc.collect()
     s.runtime.empty_cache()
-    return {"oom": True, "feasible": False, "status": "oom", "epoch": s.epoch,
+    return {"oom": True, "feasible": False, "status": Status.OOM.value, "epoch": s.epoch,
             "oom_step": s.step.attempted_steps + 1, **s.memory.result(),
             "error": str(error).splitlines()[0][:300]}
 
@@ -259,7 +260,7 @@ def fit(cfg: TrainConfig, cache: SequenceCache, reporter: Reporter, runtime: Opt
     except torch.cuda.OutOfMemoryError as e:  # the model or optimizer state alone does not fit
         gc.collect()
         runtime.empty_cache()
-        result = {"oom": True, "feasible": False, "status": "oom", "epoch": 0, "oom_step": 0,
+        result = {"oom": True, "feasible": False, "status": Status.OOM.value, "epoch": 0, "oom_step": 0,
                   **MemoryMonitor(runtime.device).result(), "error": str(e).splitlines()[0][:300]}
         reporter.run_end(result)
         return result
@@ -282,7 +283,7 @@ def fit(cfg: TrainConfig, cache: SequenceCache, reporter: Reporter, runtime: Opt
                   "scaler_skipped_steps": s.step.skipped_steps, "optimizer_steps": s.step.attempted_steps,
                   "lr": s.step.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
                   "device": str(runtime.device), "precision": runtime.precision, **compile_metrics(s.step.model),
-                  "oom": False, "feasible": True, "status": "ok"}
+                  "oom": False, "feasible": True, "status": Status.OK.value}
         result.update(run_speed([*s.history, result]))
         s.history.append(result)
         reporter.epoch_end(result, checkpoint_state(s))

@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 import torch
 
-MB = 1024 * 1024
+from asl_ray.cards import MiB as MB
 
 
 class ThroughputMeter:

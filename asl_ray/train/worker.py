@@ -25,6 +25,7 @@ from asl_ray.faults import faults_for
 from asl_ray.train.checkpoint import load_checkpoint, save_checkpoint
 from asl_ray.train.loop import fit
 from asl_ray.train.runtime import Runtime
+from asl_ray.outcome import Status
 
 
 KILL_GRACE_SECONDS = 6.0
@@ -67,7 +68,7 @@ class RayReporter:
     def run_end(self, result: dict[str, Any]) -> None:
         # An OOM or a divergence ends the run early: report it as the trial's last result so Tune
         # records it as infeasible, then return normally instead of raising.
-        if result["status"] != "ok":
+        if result["status"] != Status.OK:
             # Tune's scheduler and the searcher need every metric in every result: an infeasible
             # run scores zero on both objectives (the searcher also marks it with a constraint).
             # "epoch" is the one that failed, so it is also the number of epochs completed.

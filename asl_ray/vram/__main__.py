@@ -9,10 +9,9 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from asl_ray.cli import (OneLineParser, add_config_arguments, check_paths, config_from_args, fail, non_negative_float,
-                         user_errors)
+from asl_ray.cli import (CardArgs, OneLineParser, add_config_arguments, check_paths, config_from_args, fail, user_errors)
 from asl_ray.config import TrainConfig
-from asl_ray.cards import DEFAULT_HEADROOM_MB, MiB, resolve_card
+from asl_ray.cards import DEFAULT_HEADROOM_MB, MiB
 from asl_ray.vram.constants import FIT_MARGIN_FRACTION
 
 FIT_TABLE_COMMAND = "python -m asl_ray.search.fit_table"
@@ -21,10 +20,7 @@ FIT_TABLE_COMMAND = "python -m asl_ray.search.fit_table"
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m asl_ray.vram", description=__doc__.splitlines()[0])
-    p.add_argument("--gpu", default="rtx4070",
-                   help="rtx4070, a100-80gb, ..., a size in GiB, or auto (what is free on the device this process uses)")
-    p.add_argument("--headroom-mb", type=non_negative_float, default=None,
-                   help=f"kept free for others (default {DEFAULT_HEADROOM_MB})")
+    CardArgs.add_to(p, headroom_doc=str(DEFAULT_HEADROOM_MB))
     add_config_arguments(p)
     p.add_argument("--space", help=f"moved: {FIT_TABLE_COMMAND} --space FILE --gpu CARD")
     p.add_argument("--num-classes", type=int, default=250, help="classifier size (250 for the real data)")
@@ -40,8 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"--gpu {args.gpu}`")
     with user_errors():
         check_paths(files={"--config": args.config})
-        headroom = args.headroom_mb if args.headroom_mb is not None else DEFAULT_HEADROOM_MB
-        card = resolve_card(args.gpu, headroom)
+        card = CardArgs.from_args(args).resolve()
         cfg = config_from_args(args)
         print(one_config_report(cfg, card, args.num_classes))
     return 0

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-MiB = 1024 ** 2
-
-# The CUDA context's size lives with the cards (asl_ray/cards.py), which emulate a card with it.
-from asl_ray.cards import CUDA_CONTEXT_BYTES  # noqa: E402,F401
+# The CUDA context's size lives with the cards (asl_ray/cards.py), which emulate a card with it; MiB too.
+from asl_ray.cards import CUDA_CONTEXT_BYTES, MiB  # noqa: F401
 
 # cuBLAS workspace, allocated through torch's caching allocator once per (handle, stream); a handle
 # is per thread, so a training step has two: the forward's (main thread) and the backward's
