@@ -57,6 +57,10 @@ class SearchConfig:
     """memory left for the desktop and other processes (default: the space's headroom_mb)"""
     trials: int
     """trials to launch (default: the space's budget.trials; a grid at most its points)"""
+    time_budget: Optional[str] = None
+    """wall-clock budget for the whole search, e.g. 8h, 45m, 1h30m: no trial is launched that the rest cannot hold
+    (a trial is forecast as the longest finished one), the confirmation's share is kept, a resume counts what was
+    spent; with --trials the first limit reached wins"""
     plan_search: str = field(metadata={"choices": PLAN_SEARCH_MODES})
     """how a learning config's execution plan is chosen: measure (a few optimizer steps of each plan in the trial's
     worker, the fastest trains) or optuna (one level: Optuna samples micro-batch x accumulation too) (default: the
@@ -129,6 +133,10 @@ class SearchConfig:
             raise SearchConfigError("; ".join(problems))
 
     # ---- derived values ----------------------------------------------------------------------
+    def time_budget_s(self) -> Optional[float]:
+        from asl_ray.search.time_budget import parse_duration
+        return parse_duration(self.time_budget) if self.time_budget is not None else None
+
     @property
     def root(self) -> Path:
         """runs/<name>: everything this experiment writes."""
@@ -190,6 +198,15 @@ def flag_name(name: str) -> str:
 
 
 
+def _is_duration(text: str) -> bool:
+    from asl_ray.search.time_budget import parse_duration
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
+
+
 def flag_problems(values: Mapping[str, Any]) -> list[str]:
     """Every bad value among `values` (flag field -> value; absent ones are not checked), each naming its flag."""
     p: list[str] = []
@@ -199,6 +216,7 @@ def flag_problems(values: Mapping[str, Any]) -> list[str]:
             p.append(f"{flag_name(name)}: {rule}, got {values[name]!r}")
 
     check("trials", lambda v: v > 0, "must be > 0")
+    check("time_budget", _is_duration, "must be a duration such as 8h, 45m or 1h30m")
     check("headroom_mb", lambda v: is_finite_number(v) and v >= 0, "must be a finite number >= 0")
     check("confirm_seeds", lambda v: v >= 0, "must be >= 0 (0: no confirmation runs)")
     check("confirm_folds", lambda v: v >= 1, "must be >= 1")

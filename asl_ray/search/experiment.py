@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import optuna
 import ray
@@ -25,6 +25,7 @@ from asl_ray.search.searcher import (BASELINE_ATTR, EPOCHS_DONE, TRAIN_LOOP_CONF
                                      fail_unfinished_trials)
 from asl_ray.search.space import SearchSpace
 from asl_ray.search.trial_worker import PLAN_CONFIG_PREFIX
+from asl_ray.search.time_budget import TimeBudget
 from asl_ray.search.tuners import tuner_for
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,16 @@ def trainable(settings: TrialSettings):
 def _searcher(sc) -> FitAwareSearch:
     storage = optuna.storages.RDBStorage(sc.storage_url())
     return FitAwareSearch(sc.space, CardFit.for_card(sc.card, sc.num_classes), storage=storage,
-                          study_name=sc.study_name(), max_epochs=sc.space.budget.epochs)
+                          study_name=sc.study_name(), max_epochs=sc.space.budget.epochs, time_budget=time_budget(sc))
+
+
+def time_budget(sc) -> Optional[TimeBudget]:
+    """--time-budget with the confirmation's share kept: its runs (finalists x folds x seeds, each full length)
+    over the runs it makes at once."""
+    if sc.time_budget is None:
+        return None
+    confirm_runs = sc.finalists * sc.confirm_folds * sc.confirm_seeds
+    return TimeBudget(sc.time_budget_s(), reserved_runs=confirm_runs / max(1, sc.concurrency or cluster_gpus()))
 
 
 def _scheduler(space: SearchSpace):

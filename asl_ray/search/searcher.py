@@ -31,6 +31,7 @@ by `save` and read back by `restore`: Tune calls them for `--resume`.
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 import pickle
 import random
@@ -46,6 +47,7 @@ from asl_ray.cards import MiB
 from asl_ray.config import ConfigError, TrainConfig
 from asl_ray.outcome import Status, reported_infeasible
 from asl_ray.search.space import SearchSpace
+from asl_ray.search.time_budget import TimeBudget
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +156,11 @@ class FitAwareSearch(Searcher):
     on something new.
     """
 
-    def __init__(self, space: SearchSpace, fits: Fits, storage, study_name: str, max_epochs: int):
+    def __init__(self, space: SearchSpace, fits: Fits, storage, study_name: str, max_epochs: int,
+                 time_budget: Optional[TimeBudget] = None):
         super().__init__(metric=METRICS, mode=MODES)
+        self.time_budget = time_budget
+        """--time-budget (asl_ray/search/time_budget.py): no launch the rest of the budget cannot hold."""
         self._space = space
         self._fits = fits
         self._max_epochs = max_epochs
@@ -182,6 +187,12 @@ class FitAwareSearch(Searcher):
 
     # ---- suggest -------------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> Optional[dict]:
+        if self.time_budget is not None and not self.time_budget.can_launch():
+            b = self.time_budget
+            log.warning("--time-budget: %.0f of %.0f s spent, a trial takes up to %.0f s and %.1f run(s) are kept for "
+                        "the confirmation; no more trials are launched", b.spent_s(), b.total_s,
+                        b.forecast_trial_s() or 0.0, b.reserved_runs)
+            return Searcher.FINISHED
         duplicates = 0
         for _ in range(MAX_CONSECUTIVE_REJECTIONS):
             trial = self._study.ask(fixed_distributions=self._distributions)
@@ -294,6 +305,8 @@ class FitAwareSearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id in self._told or trial_id not in self._running:
             return
+        if self.time_budget is not None and result:
+            self.time_budget.trial_finished(result.get("time_total_s", math.nan))
         trial = self._running[trial_id]
         for key in RESULT_ATTRS:
             if result and key in result:
@@ -325,12 +338,17 @@ class FitAwareSearch(Searcher):
 
     # ---- Tune's saved state (--resume) ---------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
+        if self.time_budget is not None:
+            self.time_budget.checkpointed()
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__dict__.copy(), f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.__dict__.setdefault("time_budget", None)  # saved by a version without --time-budget
+        if self.time_budget is not None:
+            self.time_budget.resumed()
 
 
 def fail_unfinished_trials(study: optuna.Study) -> int:
