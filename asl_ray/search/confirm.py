@@ -96,7 +96,8 @@ def run_confirmation(sc: SearchConfig, df: pd.DataFrame, finalist_ids: Sequence[
     returns their rows (CONFIRM_COLUMNS), None when the stage was interrupted."""
     points = confirmation_points(sc, df, finalist_ids)
     use_gpu, at_once = _placement(sc)
-    settings = dataclasses.replace(experiment.trial_settings(sc, use_gpu, plan_search=False),
+    # card=None: a confirmation row has no memory columns, so its workers predict nothing (no estimator trace).
+    settings = dataclasses.replace(experiment.trial_settings(sc, use_gpu, plan_search=False), card=None,
                                    train_storage=str((sc.confirm_dir() / TRAIN_DIR).resolve()))
     fn = experiment.trainable(settings)
     tune_dir = (sc.confirm_dir() / TUNE_DIR).resolve()
