@@ -1,4 +1,6 @@
-"""What every entry point shares: one-line errors with exit code 2, and `--set key=value` overrides."""
+"""The one CLI library of every entry point: flags generated from frozen dataclasses (their field docstrings are
+the help, their sections the groups of --help, a nested dataclass such as `CardArgs` a section of its own), the
+TrainConfig flags with `--set key=value` as their alias, and one-line errors with exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +8,16 @@ import contextlib
 import dataclasses
 import math
 import sys
-import textwrap
+import re
+import typing
+from dataclasses import MISSING, field
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Optional, Sequence
 
 import yaml
 
-from asl_ray.config import ConfigError, TrainConfig, UserInputError, field_docs, field_sections
+from asl_ray.cards import DEFAULT_HEADROOM_MB
+from asl_ray.config import ConfigError, TrainConfig, UserInputError, is_finite_number
 
 EXIT_BAD_INPUT = 2
 DEFAULT_DATA = Path("data/synth")
@@ -63,47 +68,28 @@ def check_paths(folders: Optional[dict] = None, files: Optional[dict] = None) ->
 
 @dataclasses.dataclass(frozen=True)
 class CardArgs:
-    """The target card as every CLI takes it: `--gpu CARD` (`--emulate-gpu` for train) and `--headroom-mb`."""
-    gpu: Optional[str]
-    """rtx4070, a100-80gb, ..., a size in GiB, or auto (what is free on the device this process uses)."""
-    headroom_mb: Optional[float]
-    """Memory kept free for the desktop and other processes, in MiB (finite, >= 0)."""
+    """The target card as every CLI takes it: `--gpu CARD` (`--emulate-gpu` for train) and `--headroom-mb`. A CLI
+    holds it as one field of its arguments (a section of its --help), renaming or re-describing a flag in that
+    field's metadata (`flags`, `docs`, `default_docs`)."""
+    gpu: Optional[str] = field(default="rtx4070", metadata={"metavar": "CARD"})
+    """rtx4070, a100-80gb, ..., a size in GiB, or auto (what is free on the device this process uses)"""
+    headroom_mb: Optional[float] = field(default=None, metadata={"type": "non_negative_float",
+                                                                 "default_doc": str(DEFAULT_HEADROOM_MB)})
+    """Memory kept free for the desktop and other processes, in MiB (finite, >= 0)"""
 
-    @classmethod
-    def add_to(cls, p: argparse.ArgumentParser, *, flag: str = "--gpu", default: Optional[str] = "rtx4070",
-               default_doc: str = "rtx4070", headroom_doc: str = "512", gpu_help: str = "") -> None:
-        """The two flags, with one help text each (`default_doc`: what a left-out flag means in this CLI)."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        p.add_argument(flag, dest="gpu", default=default, metavar="CARD",
-                       help=(gpu_help or _field_doc(cls, fields["gpu"])) + f" (default: {default_doc})")
-        p.add_argument("--headroom-mb", type=non_negative_float, default=None,
-                       help=_field_doc(cls, fields["headroom_mb"]) + f" (default: {headroom_doc})")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "CardArgs":
-        return cls(args.gpu, args.headroom_mb)
+    def __post_init__(self) -> None:
+        if self.headroom_mb is not None and not (is_finite_number(self.headroom_mb) and self.headroom_mb >= 0):
+            raise UserInputError(f"--headroom-mb: must be a finite number >= 0, got {self.headroom_mb!r}")
 
     def resolve(self, default_gpu: Optional[str] = None, default_headroom_mb: Optional[float] = None):
         """The Card (asl_ray.cards.resolve_card), the given values first, then this CLI's defaults; None when no
         card is named at all (train without --emulate-gpu)."""
-        from asl_ray.cards import DEFAULT_HEADROOM_MB, resolve_card
+        from asl_ray.cards import resolve_card
         gpu = self.gpu or default_gpu
         if gpu is None:
             return None
         headroom = next(h for h in (self.headroom_mb, default_headroom_mb, DEFAULT_HEADROOM_MB) if h is not None)
         return resolve_card(gpu, headroom)
-
-
-def _field_doc(cls, f: dataclasses.Field) -> str:
-    import ast
-    import inspect
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == f.name \
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
-            return " ".join(str(following.value.value).split()).rstrip(".")
-    return f.name
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -132,43 +118,31 @@ def _number_or_yaml(text: str) -> Any:
         return yaml.safe_load(text)
 
 
-def add_config_arguments(p: argparse.ArgumentParser, *, epochs_shorthand: bool = True,
-                         config_help: str = "YAML of TrainConfig keys applied over the defaults (configs/*.yaml)"
-                         ) -> None:
-    """--config, --set (and --epochs), with every TrainConfig key listed at the end of --help."""
-    p.add_argument("--config", help=config_help)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one TrainConfig key (repeatable), e.g. --set batch_size=8; the keys are listed "
-                        "below")
-    if epochs_shorthand:
-        p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
-    # Raw, so the key list keeps its layout; the descriptions of our parsers are one line anyway.
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = "\n\n".join(text for text in (p.epilog, config_keys_help()) if text)
+def add_train_config_flags(p: argparse.ArgumentParser) -> list[str]:
+    """One flag per TrainConfig key (`--batch-size 8`, `--no-compile`, ...), under its section's title, and
+    `--set KEY=VALUE` as their alias (the keys' own names, values read as YAML; kept for scripts that use it)."""
+    names = add_dataclass_flags(p, TrainConfig, title_prefix="TrainConfig: ")
+    p.add_argument_group("TrainConfig keys by name").add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="alias of the TrainConfig flags by key name (repeatable): --set batch_size=8 is "
+                        "--batch-size 8; applied after them")
+    return names
 
 
-def config_keys_help(width: int = 100) -> str:
-    """Every TrainConfig key with its type, default and docstring, by section: the --set reference."""
-    defaults = TrainConfig()
-    docs = field_docs()
-    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-    out = ["TrainConfig keys (--set KEY=VALUE, or KEY: VALUE in a --config YAML; floats must be finite):"]
-    for section, names in field_sections().items():
-        out.append(f"\n{section}:")
-        for name in names:
-            out.append(f"  {name} ({types[name]}, default {getattr(defaults, name)!r})")
-            out.append(textwrap.fill(docs[name], width, initial_indent=" " * 6, subsequent_indent=" " * 6,
-                                     break_long_words=False, break_on_hyphens=False))
-    return "\n".join(out)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults <- --config YAML <- --set / shorthands; every problem raised as one ConfigError."""
-    from asl_ray.config import load_config_yaml
-    cfg = load_config_yaml(args.config) if args.config else TrainConfig()
-    overrides = parse_overrides(args.overrides)
-    if getattr(args, "epochs", None) is not None:
-        overrides["epochs"] = args.epochs
+def train_config_from(config: Optional[Path], given: dict[str, Any]) -> TrainConfig:
+    """Defaults <- the --config YAML <- the TrainConfig flags given <- --set; every problem raised as one
+    ConfigError naming the file, flag or key."""
+    from asl_ray.config import FIELD_NAMES, load_config_yaml
+    cfg = load_config_yaml(config) if config else TrainConfig()
+    flagged = {k: given[k] for k in FIELD_NAMES if k in given}
+    if flagged:
+        try:
+            cfg = cfg.with_overrides(flagged, source="flags")
+        except ConfigError as e:  # name the flags the user typed, not the keys
+            message = str(e)
+            for k in sorted(flagged, key=len, reverse=True):
+                message = re.sub(rf"(?<![\w-]){k}(?=[: ])", flag_of(k), message)
+            raise ConfigError(message) from None
+    overrides = parse_overrides(given.get("overrides") or [])
     return cfg.with_overrides(overrides, source="--set") if overrides else cfg
 
 
@@ -208,49 +182,126 @@ def whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
-_FLAG_TYPES = {int: whole_number, float: finite_float, str: str, Path: Path}
+_FLAG_TYPES = {int: whole_number, float: finite_float, str: str, Path: Path,
+               "non_negative_float": non_negative_float, "positive_int": positive_int}
 _METAVARS = {int: "N", float: "X", Path: "PATH"}
 
 
-def add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> list[str]:
-    """One flag per documented field of a dataclass whose metadata does not say `flag: None`: `--field-name`
-    (or the metadata's `flag`), help = the field's docstring (+ its default), type from the annotation
-    (Optional[X] as X; bool: a switch, `--no-x` too when it defaults on), `choices` from the metadata.
-    A flag not given is absent from the parsed namespace (argparse.SUPPRESS), so the caller can tell "not
-    given" from "given the default". Returns the field names, in declaration order."""
-    import typing
+def flag_of(name: str, f: Optional[dataclasses.Field] = None) -> str:
+    """The flag of a field: `--field-name`, or the one its metadata names."""
+    return (f.metadata.get("flag") if f is not None else None) or "--" + name.replace("_", "-")
+
+
+def _flag_kind(annotation) -> tuple[Any, bool]:
+    """(the flag's element type, whether it takes several values): Optional[X] -> X, tuple[X, ...] -> X, many."""
+    if typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def add_dataclass_flags(p: argparse.ArgumentParser, cls: type, *, required: bool = False, defaults: Any = None,
+                        flags: Optional[dict] = None, docs: Optional[dict] = None,
+                        default_docs: Optional[dict] = None, title_prefix: str = "", _title: str = "",
+                        _groups: Optional[dict] = None) -> list[str]:
+    """One flag per documented field of a dataclass, listed in --help under its section (`config.section`):
+    `--field-name` (or the metadata's `flag`; `flag: None`: none), help = the field's docstring and its default,
+    type from the annotation (Optional[X] as X; tuple[X, ...]: several values; bool: `--x` and `--no-x`; the metadata's `type` and `choices` refine it; floats must be finite). A field whose type is
+    a dataclass is a nested section: its fields' flags, with the defaults of the field's default value and the
+    `flags`/`docs`/`default_docs` renames of its metadata. `required`: a field without default is a required
+    flag. A flag not given is absent from the parsed namespace (argparse.SUPPRESS), so the caller can tell "not
+    given" from "given the default" (`dataclass_from`). Returns the field names, in declaration order."""
     from asl_ray.config import documented_fields
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
+    groups = {} if _groups is None else _groups
     names = []
-    for section, name, doc in documented_fields(cls):
+    for section_title, name, doc in documented_fields(cls):
         f = by_name[name]
         if "flag" in f.metadata and f.metadata["flag"] is None:
             continue
-        flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
-        kind = hints[name]
-        if typing.get_origin(kind) is typing.Union:
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        has_default = f.default is not dataclasses.MISSING
-        shown = has_default and f.default is not None and kind is not bool and "(default" not in doc
-        help_text = doc + (f" (default: {f.default})" if shown else "")
+        title = title_prefix + section_title if section_title else _title
+        if title not in groups:
+            groups[title] = p.add_argument_group(title) if title else p
+        default = getattr(defaults, name) if defaults is not None else _field_default(f)
+        kind, many = _flag_kind(hints[name])
+        if dataclasses.is_dataclass(kind):
+            add_dataclass_flags(p, kind, required=required, defaults=None if default is MISSING else default,
+                                flags=f.metadata.get("flags"), docs=f.metadata.get("docs"),
+                                default_docs=f.metadata.get("default_docs"), _title=title, _groups=groups)
+            names.append(name)
+            continue
+        doc = (docs or {}).get(name) or doc
+        shown = (default_docs or {}).get(name) or f.metadata.get("default_doc")
+        if shown is None and default not in (MISSING, None, ()) and kind is not bool and "(default" not in doc:
+            shown = " ".join(default) if many else default
+        help_text = doc + (f" (default: {shown})" if shown is not None else "")
         common = dict(dest=name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))  # argparse formats %
+        if required and default is MISSING:
+            common["required"] = True
+        flag = (flags or {}).get(name) or flag_of(name, f)
         if kind is bool:
-            action = argparse.BooleanOptionalAction if has_default and f.default else "store_true"
-            p.add_argument(flag, action=action, **common)
+            # --no-x too: a --config file or a saved experiment may have switched it on
+            groups[title].add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         else:
-            p.add_argument(flag, type=_FLAG_TYPES[kind], choices=f.metadata.get("choices"),
-                           metavar=None if f.metadata.get("choices") else _METAVARS.get(kind, name.upper()), **common)
+            choices = f.metadata.get("choices")
+            groups[title].add_argument(
+                flag, type=_FLAG_TYPES[f.metadata.get("type", kind)], choices=choices, nargs="+" if many else None,
+                metavar=f.metadata.get("metavar") or (None if choices else _METAVARS.get(kind, name.upper())),
+                **common)
         names.append(name)
     return names
 
 
-__all__ = ["fail", "finite_float", "non_negative_float", "parse_overrides", "add_config_arguments", "config_from_args",
-           "config_keys_help", "positive_int", "whole_number", "add_dataclass_flags", "ConfigError", "EXIT_BAD_INPUT"]
+def dataclass_from(cls: type, given: dict[str, Any], defaults: Any = None):
+    """The dataclass of `add_dataclass_flags`'s flags: the values given, else the defaults (the `defaults`
+    instance's, else the fields' own); nested sections likewise. Validated as it is made (its __post_init__)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
+        kind, many = _flag_kind(hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = dataclass_from(kind, given, None if default is MISSING else default)
+        elif f.name in given:
+            values[f.name] = tuple(given[f.name]) if many else given[f.name]
+        elif default is not MISSING:
+            values[f.name] = default
+    return cls(**values)
+
+
+def parse_cli(parser: argparse.ArgumentParser, cls: type, argv: Optional[Sequence[str]]):
+    """(the CLI's arguments as `cls`, every value given by name): a bad value is one line and exit 2."""
+    given = vars(parser.parse_args(argv))
+    with user_errors():
+        return dataclass_from(cls, given), given
+
+
+__all__ = ["fail", "finite_float", "non_negative_float", "parse_overrides", "add_train_config_flags",
+           "train_config_from", "positive_int", "whole_number", "add_dataclass_flags", "dataclass_from", "parse_cli",
+           "CardArgs", "ConfigError", "EXIT_BAD_INPUT"]
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, without breaking words at hyphens (a flag or path in a docstring stays whole)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (the flag and the problem) and exit 2, like every other error."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("usage", "%(prog)s [flags] (see --help)")  # generated flags: a usage line per flag is noise
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         fail(f"{self.prog}: {message} (see --help)")

@@ -11,8 +11,8 @@ import dataclasses
 import functools
 import inspect
 import math
-import re
-from dataclasses import dataclass, fields
+import textwrap
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -39,10 +39,15 @@ class ConfigError(UserInputError):
     """A bad configuration value; the message names every offending key."""
 
 
+def section(title: str, **metadata: Any) -> dict[str, Any]:
+    """Field metadata that starts a section: this field and the ones after it, up to the next section, are
+    `title` (the group their flags are listed under in --help)."""
+    return {"section": title, **metadata}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    # ---- model -------------------------------------------------------------------------------
-    dim: int = 192
+    dim: int = field(default=192, metadata=section("model"))
     """Width of the network (the reference model uses 192; the large one 384)."""
     depth: int = 2
     """Number of (3 x Conv1DBlock + 1 x TransformerBlock) groups: 2 at dim 192, 4 at dim 384."""
@@ -59,10 +64,9 @@ class TrainConfig:
     late_dropout_start_epoch: int = 0
     """Epoch from which the late dropout is active (the winner's warm-up without it)."""
 
-    # ---- data --------------------------------------------------------------------------------
-    max_len: int = 384
+    max_len: int = field(default=384, metadata=section("data"))
     """Longest sequence the model sees: longer ones are cropped (randomly in training)."""
-    pad_to: str = "batch_max"
+    pad_to: str = field(default="batch_max", metadata={"choices": PAD_MODES})
     """'batch_max' pads a batch to its longest sequence; 'ladder' to the next rung of a fixed ladder of at
     most 12 lengths (asl_ray/ladder.py: few shapes for cuDNN and compile); 'max_len' to max_len."""
     length_bucketing: bool = False
@@ -75,8 +79,7 @@ class TrainConfig:
     """Seed of the shuffle that deals the signers into folds: which people `fold` holds out depends on this alone,
     never on `seed`, so runs with other seeds are scored on the same signers (paired comparisons)."""
 
-    # ---- augmentations (training only) -------------------------------------------------------
-    aug_resample: bool = True
+    aug_resample: bool = field(default=True, metadata=section("augmentations (training only)"))
     """Temporal resample by a factor in [0.5, 1.5]."""
     aug_mirror: bool = True
     """Mirror x with left/right swap of hands, eyes, lips and nose."""
@@ -89,8 +92,7 @@ class TrainConfig:
     aug_space_mask: bool = True
     """Mask a random spatial box of points. (Each augmentation's probability is the winner's: features.P_*.)"""
 
-    # ---- optimisation ------------------------------------------------------------------------
-    epochs: int = 20
+    epochs: int = field(default=20, metadata=section("optimisation"))
     """Training epochs."""
     batch_size: int = 12
     """Micro-batch size: what one forward/backward holds in memory (and what BatchNorm sees)."""
@@ -104,7 +106,7 @@ class TrainConfig:
     """Linear learning-rate warm-up, in epochs."""
     weight_decay_ratio: float = 0.1
     """Decoupled weight decay as a fraction of the learning rate (the winner's 0.1 x lr)."""
-    optimizer: str = "radam"
+    optimizer: str = field(default="radam", metadata={"choices": OPTIMIZERS})
     """'radam' or 'adamw'."""
     lookahead: bool = True
     """Wrap the optimizer in Lookahead (k=5, alpha=0.5), as the winner did."""
@@ -115,14 +117,13 @@ class TrainConfig:
     seed: int = 42
     """Seed for model init, sampling and augmentation."""
 
-    # ---- performance switches ----------------------------------------------------------------
-    precision: str = "fp16"
+    precision: str = field(default="fp16", metadata=section("performance switches", choices=PRECISIONS))
     """'fp16' (autocast + GradScaler), 'bf16' (autocast, no scaler) or 'fp32'. CUDA only; CPU runs fp32."""
     compile: bool = False
     """torch.compile the model (one graph, no break); falls back to eager with a warning if compilation fails
     (never on an out-of-memory error). Under pad_to 'ladder' or 'max_len' the time length is static: at most one
     compilation per rung (and mode train/eval); under 'batch_max' shapes are dynamic."""
-    compile_mode: str = "default"
+    compile_mode: str = field(default="default", metadata={"choices": COMPILE_MODES})
     """torch.compile mode when `compile` is on: 'default' or 'reduce-overhead' (CUDA graphs, one per captured
     shape: best with pad_to 'ladder'). CUDA only: a CPU runs 'default', and the result records the mode run."""
     cudnn_benchmark: bool = True
@@ -190,7 +191,7 @@ class TrainConfig:
         p: list[str] = []
         for f in fields(self):
             v = getattr(self, f.name)
-            expected = _FIELD_TYPES[f.name]
+            expected = FIELD_TYPES[f.name]
             if expected is float and isinstance(v, int) and not isinstance(v, bool):
                 continue
             if expected is int and isinstance(v, bool) or not isinstance(v, expected):
@@ -199,7 +200,7 @@ class TrainConfig:
             return p  # range checks below assume the types are right
         # NaN fails no comparison, so it would pass every range check below (and `gradient_clip_val > 0`
         # would silently switch clipping off): every float field, present or future, must be finite.
-        not_finite = {name for name, t in _FIELD_TYPES.items()
+        not_finite = {name for name, t in FIELD_TYPES.items()
                       if t is float and not math.isfinite(getattr(self, name))}
         p.extend(f"{name}: must be a finite number, got {getattr(self, name)!r}" for name in sorted(not_finite))
 
@@ -281,29 +282,25 @@ RETIRED_KEYS = {"inject_oom_at_step": 0, "inject_nan_at_step": 0, "inject_worker
 """Keys earlier versions wrote into every config file and checkpoint, with the value they always held there: read
 back, they are dropped (a saved best_config.yaml still trains, a checkpoint still resumes); any other value is an
 error."""
-_FIELD_TYPES = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
-                for f in fields(TrainConfig)}
-_SECTION_COMMENT = re.compile(r"^\s*# -+ (.+?) -+\s*$")
+FIELD_TYPES = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+               for f in fields(TrainConfig)}
+"""Every TrainConfig key's Python type (the annotations are strings under `from __future__ import annotations`)."""
 
 
 @functools.lru_cache(maxsize=None)
 def documented_fields(cls: type = TrainConfig) -> tuple[tuple[str, str, str], ...]:
-    """(section, field name, docstring on one line) in declaration order, read from a dataclass's source
-    (TrainConfig, SearchConfig, ...): a string literal after a field is not kept at runtime, and the section
-    titles are `# ---- title ----` comments."""
-    lines, _ = inspect.getsourcelines(cls)
-    sections = [(i, m.group(1)) for i, line in enumerate(lines, start=1) if (m := _SECTION_COMMENT.match(line))]
-    body = ast.parse("".join(lines)).body[0].body  # a module-level class: its source parses as is
-    names = {f.name for f in fields(cls)}
-    out = []
-    for node, after in zip(body, body[1:] + [None]):
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and node.target.id in names):  # a ClassVar is no field
-            continue
-        doc = (after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-               and isinstance(after.value.value, str) else "")
-        section = next((title for line, title in reversed(sections) if line < node.lineno), "")
-        out.append((section, node.target.id, " ".join(doc.split())))
+    """(section, field name, docstring on one line) in declaration order for a dataclass (TrainConfig,
+    SearchConfig, a CLI's arguments). The section comes from the `section(...)` metadata in force; the docstring,
+    a string literal after the field, is not kept at runtime, so it is read from the class's source."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {node.target.id: " ".join(after.value.value.split()) for node, after in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)}
+    out, title = [], ""
+    for f in fields(cls):
+        title = f.metadata.get("section", title)
+        out.append((title, f.name, docs.get(f.name, "")))
     return tuple(out)
 
 

@@ -4,44 +4,48 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from asl_ray.cli import OneLineParser
+from asl_ray.cli import OneLineParser, add_dataclass_flags, parse_cli
+from asl_ray.config import UserInputError
 from asl_ray.data.synth import MAX_FRAMES, MIN_FRAMES, default_workers, write_synthetic_root
 
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
+@dataclass(frozen=True, kw_only=True)
+class SynthArgs:
+    out: Path
+    """folder of the data root to write"""
+    signs: int = 20
+    """number of signs (classes)"""
+    signers: int = 6
+    """number of participants"""
+    per_sign_signer: int = 10
+    """sequences per (sign, signer) pair"""
+    seed: int = 0
+    """seed of the generator"""
+    max_frames: int = MAX_FRAMES
+    """longest sequence, in frames"""
+    workers: int = field(default_factory=default_workers, metadata={"default_doc": "min(4, CPUs)"})
+    """writer processes"""
 
-    return parse
+    def __post_init__(self) -> None:
+        minimums = {"signs": 1, "signers": 1, "per_sign_signer": 1, "seed": 0, "max_frames": MIN_FRAMES, "workers": 1}
+        bad = [f"--{k.replace('_', '-')}: must be at least {m}, got {getattr(self, k)}"
+               for k, m in minimums.items() if getattr(self, k) < m]
+        if bad:
+            raise UserInputError("; ".join(bad))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="python -m asl_ray.synth",
-        description="Write a synthetic data root in the exact GISLR (asl-signs) format.",
-    )
-    parser.add_argument("--out", required=True, help="folder of the data root to write")
-    parser.add_argument("--signs", type=_int_at_least(1), default=20, help="number of signs (classes)")
-    parser.add_argument("--signers", type=_int_at_least(1), default=6, help="number of participants")
-    parser.add_argument("--per-sign-signer", type=_int_at_least(1), default=10,
-                        help="sequences per (sign, signer) pair")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0)
-    parser.add_argument("--max-frames", type=_int_at_least(MIN_FRAMES), default=MAX_FRAMES,
-                        help="longest sequence, in frames")
-    parser.add_argument("--workers", type=_int_at_least(1), default=default_workers(),
-                        help="writer processes (default: min(4, CPUs))")
+    parser = OneLineParser(prog="python -m asl_ray.synth",
+                           description="Write a synthetic data root in the exact GISLR (asl-signs) format.")
+    add_dataclass_flags(parser, SynthArgs, required=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args, _ = parse_cli(build_parser(), SynthArgs, argv)
     started = time.perf_counter()
     out = write_synthetic_root(
         args.out,

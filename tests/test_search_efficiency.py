@@ -69,7 +69,7 @@ def test_the_commands_are_the_real_clis_with_the_arms_flags(tmp_path):
     cmd = se.retrain_command(tmp_path / "grid" / "best_config.yaml", data, 1, 7001, out)
     assert cmd[:3] == [sys.executable, "-m", "asl_ray.train"]
     args = train_parser().parse_args(cmd[3:])
-    assert (args.data, args.config, args.overrides, args.out) == (
+    assert (str(args.data), str(args.config), args.overrides, str(args.out)) == (
         str(data), str(tmp_path / "grid" / "best_config.yaml"), ["fold=1", "seed=7001"], str(out))
 
 

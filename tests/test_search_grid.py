@@ -55,6 +55,8 @@ def test_other_samplers_are_not_capped_by_the_grid(tmp_path):
 
 
 def test_a_config_is_never_launched_twice(tmp_path):
+    """The one test of the searcher's dedupe (a repeat is told PRUNED, points at the run it repeats, never runs and
+    is never among the best); the study and suggest tests rely on it rather than restating it."""
     from ray.tune.search import Searcher
     from asl_ray.search.searcher import FitAwareSearch
     space = _grid_space(tmp_path, trials=20, sampler="tpe")

@@ -85,7 +85,6 @@ def test_measure_mode_launches_learning_configs_some_plan_of_which_fits(tmp_path
     assert rejected and all(t.params == {"effective_batch_size": 24, "dim": 128} and t.state == COMPLETE
                             for t in rejected)
     assert all(t.user_attrs["predicted_fit_mb"] == 8 * 128 for t in rejected)  # the smallest plan's, least need
-    assert all(t.state == PRUNED and "duplicate_of" in t.user_attrs for t in by_status["duplicate"])
     ran = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
     assert all(t.state == COMPLETE and t.user_attrs["plan"] == "8x3" and t.user_attrs["val_samples"] == 400
                and t.user_attrs["plans_measured"] == 2 for t in ran)

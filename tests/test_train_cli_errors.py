@@ -115,23 +115,30 @@ def test_help_lists_every_config_key_with_its_doc():
     import sys
 
     from asl_ray.config import FIELD_NAMES, TrainConfig, field_docs
+    from asl_ray.cli import flag_of
     from conftest import REPO
     out = subprocess.run([sys.executable, "-m", "asl_ray.train", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     flat = " ".join(out.split())
     for name, doc in field_docs().items():
-        assert f" {name} ({type(getattr(TrainConfig(), name)).__name__}, default " in flat, name
+        assert f" {flag_of(name)}" in flat, name
         assert doc and " ".join(doc.split()) in flat, name
+        default = getattr(TrainConfig(), name)
+        if not isinstance(default, bool):
+            assert f"(default: {default})" in flat, name
     assert len(field_docs()) == len(FIELD_NAMES)
     for section in ("model:", "data:", "optimisation:", "performance switches:"):
-        assert section in out.splitlines()
+        assert f"TrainConfig: {section}" in out.splitlines()
+    assert "--set KEY=VALUE" in flat and "--no-compile" in flat and "{fp16,bf16,fp32}" in flat
 
 
 @pytest.mark.parametrize("module", ["asl_ray.ablate.__main__", "asl_ray.vram.__main__"])
 def test_other_set_clis_list_the_keys_too(module):
     import importlib
 
+    from asl_ray.cli import flag_of
     from asl_ray.config import FIELD_NAMES
     text = importlib.import_module(module).build_parser().format_help()
-    missing = [name for name in FIELD_NAMES if f"\n  {name} (" not in text]
+    missing = [name for name in FIELD_NAMES if f"  {flag_of(name)} " not in text and f"  {flag_of(name)}," not in text
+               and f"  {flag_of(name)}\n" not in text]
     assert missing == []

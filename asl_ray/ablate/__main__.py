@@ -11,7 +11,7 @@ import argparse
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,43 +25,65 @@ from asl_ray.ablate.loader_rate import (loader_margin, loader_text, measure_load
 from asl_ray.ablate.measure import measure
 from asl_ray.ablate.results import NEEDS_GPU, VariantRuns, row
 from asl_ray.ablate.variants import BASE_CLAIM, ablations_for, select
-from asl_ray.cli import (CardArgs, OneLineParser, add_config_arguments, check_paths, fail, open_data_or_fail,
-                         parse_overrides, user_errors)
-from asl_ray.config import TrainConfig, UserInputError
+from asl_ray.cli import (CardArgs, OneLineParser, add_dataclass_flags, add_train_config_flags, check_paths, fail,
+                         open_data_or_fail, parse_cli, train_config_from, user_errors)
+from asl_ray.config import ConfigError, TrainConfig, UserInputError, section
+
+
+@dataclass(frozen=True, kw_only=True)
+class AblateArgs:
+    """The ablation CLI's own arguments; its base config is TrainConfig's flags over --config."""
+    data: Optional[Path] = field(default=None, metadata=section("data"))
+    """GISLR data root (default: the synthetic set in data/synth, written if missing)"""
+    cache_dir: Optional[Path] = None
+    """where the preprocessed cache lives (default: beside the data)"""
+    card: CardArgs = field(default=CardArgs(), metadata=section("target card", docs={
+        "gpu": "target card: its memory is emulated on CUDA (rtx4070, a size in GiB, auto); speed is always this "
+               "machine's"}))
+    """The card whose memory is emulated."""
+    emulate: bool = True
+    """cap a CUDA device to the target card's memory (--no-emulate: use the whole GPU)"""
+    config: Optional[Path] = field(default=None, metadata=section("measurement"))
+    """base config YAML (e.g. a search's best_config.yaml); default: the seed's; the TrainConfig flags apply over it"""
+    repeats: int = 3
+    """measurements of every variant (interleaved)"""
+    steps: Optional[int] = field(default=None, metadata={"default_doc": "10 on CUDA, 3 on CPU"})
+    """optimizer steps measured per repeat after warm-up"""
+    only: tuple[str, ...] = field(default=(), metadata={"metavar": "VARIANT"})
+    """measure only these variants"""
+    skip: tuple[str, ...] = field(default=(), metadata={"metavar": "VARIANT"})
+    """leave these variants out"""
+    flops_batches: int = 8
+    """real batches the FLOP count averages over"""
+    loader_batches: int = 40
+    """batches each loader timing reads"""
+    out: Optional[Path] = field(default=None, metadata={"default_doc": "runs/ablate-<date-time>"})
+    """output folder"""
+
+    def __post_init__(self) -> None:
+        bad = [f"--{name.replace('_', '-')}: must be >= 1, got {value}"
+               for name, value in (("repeats", self.repeats), ("steps", self.steps),
+                                   ("flops_batches", self.flops_batches), ("loader_batches", self.loader_batches))
+               if value is not None and value < 1]
+        if bad:
+            raise ConfigError("; ".join(bad))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m asl_ray.ablate", description=__doc__.splitlines()[0])
-    p.add_argument("--data", help="GISLR data root (default: the synthetic set in data/synth, written if missing)")
-    p.add_argument("--cache-dir", help="where the preprocessed cache lives (default: beside the data)")
-    CardArgs.add_to(p, gpu_help="target card: its memory is emulated on CUDA (rtx4070, a size in GiB, auto); "
-                                "speed is always this machine's")
-    p.add_argument("--no-emulate", action="store_true", help="use the whole GPU instead of the target card's memory")
-    add_config_arguments(p, epochs_shorthand=False,
-                         config_help="base config YAML (e.g. a search's best_config.yaml); default: the seed's")
-    p.add_argument("--repeats", type=int, default=3, help="measurements of every variant (interleaved)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps measured per repeat after warm-up (default: 10 on CUDA, 3 on CPU)")
-    p.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="measure only these variants")
-    p.add_argument("--skip", nargs="+", default=[], metavar="VARIANT", help="leave these variants out")
-    p.add_argument("--flops-batches", type=int, default=8, help="real batches the FLOP count averages over")
-    p.add_argument("--loader-batches", type=int, default=40, help="batches each loader timing reads")
-    p.add_argument("--out", help="output folder (default: runs/ablate-<date-time>)")
+    add_dataclass_flags(p, AblateArgs)
+    add_train_config_flags(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    for flag, value in (("--repeats", args.repeats), ("--steps", args.steps),
-                        ("--flops-batches", args.flops_batches), ("--loader-batches", args.loader_batches)):
-        if value is not None and value < 1:
-            fail(f"{flag}: must be >= 1, got {value}")
+    args, given = parse_cli(build_parser(), AblateArgs, argv)
     with user_errors():
-        return _run(args)
+        return _run(args, given)
 
 
-def _run(args) -> int:
-    base, card, cache = _inputs(args)
+def _run(args: AblateArgs, given: dict) -> int:
+    base, card, cache = _inputs(args, given)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_cuda = device.type == "cuda"
     steps = args.steps or (10 if on_cuda else 3)
@@ -78,7 +100,7 @@ def _run(args) -> int:
     device_name = torch.cuda.get_device_name(device) if on_cuda else \
         f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     emulated = None
-    if on_cuda and not args.no_emulate:
+    if on_cuda and args.emulate:
         from asl_ray.train.runtime import emulate_card_memory
         emulated = emulate_card_memory(card.usable_bytes, device)
     print(f"device: {device_name}" + (f"; memory capped as {card.describe()}" if emulated else ""))
@@ -128,20 +150,17 @@ def _run(args) -> int:
     return 0
 
 
-def _inputs(args):
+def _inputs(args: AblateArgs, given: dict):
     from asl_ray.cards import CardError
     try:
         check_paths(folders={"--out": args.out, "--cache-dir": args.cache_dir}, files={"--config": args.config})
-        from asl_ray.config import load_config_yaml
-        base = load_config_yaml(args.config) if args.config else TrainConfig()
-        overrides = parse_overrides(args.overrides)
-        base = base.with_overrides(overrides, source="--set") if overrides else base
-        card = CardArgs.from_args(args).resolve()
+        base = train_config_from(args.config, given)
+        card = args.card.resolve()
     except CardError as e:
         fail(str(e) if str(e).startswith("--") else f"--gpu: {e}")
     except UserInputError as e:
         fail(str(e))
-    _, cache = open_data_or_fail(args.data, args.cache_dir)
+    _, cache = open_data_or_fail(str(args.data) if args.data else None, str(args.cache_dir) if args.cache_dir else None)
     return base, card, cache
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from asl_ray.cli import DEFAULT_DATA, path_problems
-from asl_ray.config import is_finite_number, ConfigError
+from asl_ray.config import ConfigError, is_finite_number, section
 from asl_ray.search.dashboard import DEFAULT_DASHBOARD_PORT
 from asl_ray.search.select import SELECT_RULES, Selection
 from asl_ray.search.space import SearchSpace
@@ -44,8 +44,7 @@ class SearchConfigError(ConfigError):
 
 @dataclass(frozen=True, kw_only=True)
 class SearchConfig:
-    # ---- what to search ----------------------------------------------------------------------
-    space_file: Path = field(default=DEFAULT_SPACE, metadata={"flag": "--space"})
+    space_file: Path = field(default=DEFAULT_SPACE, metadata=section("what to search", flag="--space"))
     """search-space YAML (search_spaces/*.yaml): learning params, plans, budget, baselines"""
     data: Path = DEFAULT_DATA
     """GISLR data root (synthesised there if it is the default and missing)"""
@@ -68,8 +67,7 @@ class SearchConfig:
     emulate: bool = True
     """cap each GPU trial's memory to the target card"""
 
-    # ---- how the best config is chosen --------------------------------------------------------
-    select: str = field(default="noise-aware", metadata={"choices": SELECT_RULES})
+    select: str = field(default="noise-aware", metadata=section("how the best config is chosen", choices=SELECT_RULES))
     """how the best config is chosen (asl_ray/search/select.py): noise-aware is, among the confirmed finalists, the
     most accurate of those credibly within --delta of the best that the fastest such one is not credibly faster than"""
     alpha: float = 0.05
@@ -86,16 +84,14 @@ class SearchConfig:
     """finalists re-trained by --confirm: the most accurate, the seed's default, then the fastest contenders
     (default: the space's confirm.finalists)"""
 
-    # ---- where results go ---------------------------------------------------------------------
-    name: str
+    name: str = field(metadata=section("where results go"))
     """experiment name: results in <storage-path>/<name>/ (default: <space>-<date-time>)"""
     storage_path: Path = Path("runs")
     """where experiments live"""
     resume: bool = False
     """finish an interrupted experiment of this --name (its other flags are the saved ones)"""
 
-    # ---- where it runs ------------------------------------------------------------------------
-    address: Optional[str] = None
+    address: Optional[str] = field(default=None, metadata=section("where it runs"))
     """an existing Ray cluster ('auto' or host:port, see cluster.yaml); default: a local Ray of its own"""
     num_cpus: Optional[int] = None
     """CPUs for a local Ray (default: all)"""
@@ -106,16 +102,14 @@ class SearchConfig:
     max_failures: int = 2
     """worker crashes a trial survives, restarting from its last checkpoint"""
 
-    # ---- dashboard ----------------------------------------------------------------------------
-    dashboard: bool = False
+    dashboard: bool = field(default=False, metadata=section("dashboard"))
     """print the Ray dashboard's URL and how to log in"""
     dashboard_host: str = "127.0.0.1"
     """dashboard bind address (default: loopback only)"""
     dashboard_port: int
     """local dashboard port (default 8265, or a free one if that is taken)"""
 
-    # ---- resolved (no flags) ------------------------------------------------------------------
-    space: SearchSpace = field(metadata=NOT_A_FLAG)
+    space: SearchSpace = field(metadata=section("resolved (no flags)", **NOT_A_FLAG))
     """The loaded space file, its plan_search mode set to `plan_search`."""
     card: Card = field(metadata=NOT_A_FLAG)
     """The target card (`gpu` with `headroom_mb`)."""

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from asl_ray.config import UserInputError, section
 from asl_ray.search import decide
 
 SPEED_MARGIN = 0.10
@@ -173,30 +175,52 @@ def table_text(rates: Sequence[Rates], design: Design, noise: Noise, delta: floa
     return "\n".join(lines)
 
 
-def main(argv=None, out: Callable[[str], None] = print) -> int:
-    from asl_ray.cli import OneLineParser, fail
-    from asl_ray.search.space import SpaceError, load_space
+@dataclass(frozen=True, kw_only=True)
+class DecisionSimArgs:
+    """The simulation's arguments: the design (a space file, its counts overridable), the noise, the rule."""
+    space: Path = field(metadata=section("design"))
+    """search-space YAML: its trials and confirmation counts"""
+    trials: Optional[int] = field(default=None, metadata={"default_doc": "the space's budget.trials"})
+    """configs the search trains"""
+    seeds: Optional[int] = field(default=None, metadata={"default_doc": "the space's confirm.seeds"})
+    """confirmation seeds"""
+    folds: Optional[int] = field(default=None, metadata={"default_doc": "the space's confirm.folds"})
+    """confirmation folds"""
+    finalists: Optional[int] = field(default=None, metadata={"default_doc": "the space's confirm.finalists"})
+    """finalists"""
+    noise: Noise = field(default=Noise(), metadata=section("noise"))
+    """What a run's figures carry."""
+    delta: float = field(default=0.02, metadata=section("rule"))
+    """equivalence margin"""
+    alpha: float = 0.05
+    """one-sided error rate of each test"""
+    replications: int = 4000
+    """simulated searches per scenario"""
+    seed: int = 0
+    """seed of the simulation"""
+
+    def __post_init__(self) -> None:
+        n = self.noise
+        bad = [flag for flag, v in (("--own-sd", n.own_sd), ("--shared-sd", n.shared_sd), ("--speed-cv", n.speed_cv),
+                                    ("--delta", self.delta), ("--alpha", self.alpha)) if not v >= 0]
+        bad += [flag for flag, v in (("--val-samples", n.val_samples), ("--replications", self.replications))
+                if v < 1]
+        bad += [f"--{k}" for k in ("trials", "seeds", "folds", "finalists") if (getattr(self, k) or 1) < 1]
+        if bad:
+            raise UserInputError(f"{', '.join(bad)}: must be finite and positive")
+
+
+def build_parser():
+    from asl_ray.cli import OneLineParser, add_dataclass_flags
     p = OneLineParser(prog="python -m asl_ray.search.decision_sim", description=__doc__.splitlines()[0])
-    p.add_argument("--space", required=True, help="search-space YAML: its trials and confirmation counts")
-    p.add_argument("--trials", type=int, help="configs the search trains (default: the space's budget.trials)")
-    p.add_argument("--seeds", type=int, help="confirmation seeds (default: the space's confirm.seeds)")
-    p.add_argument("--folds", type=int, help="confirmation folds (default: the space's confirm.folds)")
-    p.add_argument("--finalists", type=int, help="finalists (default: the space's confirm.finalists)")
-    p.add_argument("--own-sd", type=float, default=Noise.own_sd, help="a run's own accuracy noise (not paired away)")
-    p.add_argument("--shared-sd", type=float, default=Noise.shared_sd, help="a (fold, seed) pair's shared effect")
-    p.add_argument("--val-samples", type=int, default=Noise.val_samples, help="validation size")
-    p.add_argument("--speed-cv", type=float, default=Noise.speed_cv, help="sd of a run's log speed")
-    p.add_argument("--delta", type=float, default=0.02, help="equivalence margin")
-    p.add_argument("--alpha", type=float, default=0.05, help="one-sided error rate of each test")
-    p.add_argument("--replications", type=int, default=4000)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    bad = [f"--{k.replace('_', '-')}" for k in ("own_sd", "shared_sd", "speed_cv", "delta", "alpha")
-           if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0)]
-    bad += [f"--{k.replace('_', '-')}" for k in ("val_samples", "replications") if getattr(args, k) < 1]
-    bad += [f"--{k}" for k in ("trials", "seeds", "folds", "finalists") if (getattr(args, k) or 1) < 1]
-    if bad:
-        fail(f"{', '.join(bad)}: must be finite and positive")
+    add_dataclass_flags(p, DecisionSimArgs, required=True)
+    return p
+
+
+def main(argv=None, out: Callable[[str], None] = print) -> int:
+    from asl_ray.cli import fail, parse_cli
+    from asl_ray.search.space import SpaceError, load_space
+    args, _ = parse_cli(build_parser(), DecisionSimArgs, argv)
     try:
         space = load_space(args.space)
     except SpaceError as e:
@@ -204,9 +228,8 @@ def main(argv=None, out: Callable[[str], None] = print) -> int:
     design = design_of(space, args.trials, args.seeds, args.folds, args.finalists)
     if design.seeds < 1:
         fail(f"--seeds: the space confirms nothing ({args.space}: confirm.seeds 0); give --seeds N")
-    noise = Noise(args.own_sd, args.shared_sd, args.val_samples, args.speed_cv)
-    rates = operating_characteristics(design, noise, args.delta, args.alpha, args.replications, args.seed)
-    out(table_text(rates, design, noise, args.delta, args.alpha))
+    rates = operating_characteristics(design, args.noise, args.delta, args.alpha, args.replications, args.seed)
+    out(table_text(rates, design, args.noise, args.delta, args.alpha))
     return 0
 
 

@@ -10,10 +10,12 @@ never the other way round.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from asl_ray.cli import CardArgs, OneLineParser, check_paths, fail, user_errors
-from asl_ray.config import TrainConfig
+from asl_ray.cli import CardArgs, OneLineParser, add_dataclass_flags, check_paths, parse_cli, user_errors
+from asl_ray.config import ConfigError, TrainConfig, section
 from asl_ray.search.space import SearchSpace, load_space
 from asl_ray.cards import Card
 from asl_ray.vram.fit import fits, largest_batch_that_fits
@@ -22,22 +24,34 @@ MICRO_BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
 """Plan keys a table row spreads over its columns; every other plans key (precision, compile, ...) splits rows."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class FitTableArgs:
+    space: Path = field(metadata=section("search space"))
+    """a search-space YAML (search_spaces/*.yaml)"""
+    num_classes: int = 250
+    """classifier size (250 for the real data)"""
+    card: CardArgs = field(default=CardArgs(gpu=None), metadata=section(
+        "target card", default_docs={"gpu": "the space's gpu", "headroom_mb": "the space's headroom_mb"}))
+    """The card the configs must fit."""
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ConfigError(f"--num-classes: must be >= 1, got {self.num_classes}")
+
+
 def build_parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m asl_ray.search.fit_table", description="What of a search space fits a card, by the VRAM estimate.")
-    p.add_argument("--space", required=True, help="a search-space YAML (search_spaces/*.yaml)")
-    CardArgs.add_to(p, default=None, default_doc="the space's gpu", headroom_doc="the space's headroom_mb")
-    p.add_argument("--num-classes", type=int, default=250, help="classifier size (250 for the real data)")
+    p = OneLineParser(prog="python -m asl_ray.search.fit_table",
+                      description="What of a search space fits a card, by the VRAM estimate.")
+    add_dataclass_flags(p, FitTableArgs, required=True)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.num_classes < 1:
-        fail(f"--num-classes: must be >= 1, got {args.num_classes}")
+    args, _ = parse_cli(build_parser(), FitTableArgs, argv)
     with user_errors():
         check_paths(files={"--space": args.space})
         space = load_space(args.space)
-        card = CardArgs.from_args(args).resolve(str(space.gpu), space.headroom_mb)
+        card = args.card.resolve(str(space.gpu), space.headroom_mb)
         print(card.describe())
         print(fit_table(space, card, args.num_classes))
     return 0

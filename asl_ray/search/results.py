@@ -3,19 +3,15 @@ lost if the confirmation stage is interrupted), then confirm.parquet, pareto.png
 best_config.yaml and report.md once every run is in, and a short summary on the console. No Ray here."""
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
 
 from asl_ray.cards import MiB
-from asl_ray.config import FIELD_NAMES, TrainConfig
+from asl_ray.config import FIELD_NAMES, FIELD_TYPES, TrainConfig
 from asl_ray.search import plots, report
 from asl_ray.search.select import confirmed, screened, select_best
-
-_FIELD_KIND = {f.name: f.type for f in fields(TrainConfig)}
-
 
 def write_trials(df: pd.DataFrame, sc) -> None:
     df.to_parquet(sc.root / "trials.parquet", index=False)
@@ -33,7 +29,7 @@ def best_config(row: pd.Series, base: TrainConfig, learning: list[str], plan_key
 def _field_value(key: str, v: Any) -> Any:
     """A frame's value as the field's type: an int column with a gap (a no_plan row) reads back as float."""
     v = report.plain(v)
-    if _FIELD_KIND[key] == "int" and isinstance(v, float) and v.is_integer():
+    if FIELD_TYPES[key] is int and isinstance(v, float) and v.is_integer():
         return int(v)
     return v
 

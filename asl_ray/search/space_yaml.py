@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 from asl_ray.plan.settings import PlanSearchSettings
-from asl_ray.config import FIELD_NAMES, TrainConfig
+from asl_ray.config import FIELD_NAMES, FIELD_TYPES, TrainConfig
 
 PARAM_TYPES = ("int", "float", "categorical")
 PLAN_SEARCH_MODES = ("measure", "optuna")
@@ -161,8 +161,7 @@ def value_matches(v: Any, expected: type) -> bool:
     return isinstance(v, expected)
 
 
-FIELD_KIND = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)] for f in fields(TrainConfig)}
-FIELD_KIND[EFFECTIVE_BATCH] = int
+FIELD_KIND = {**FIELD_TYPES, EFFECTIVE_BATCH: int}
 
 
 # ---- sections: each takes the raw YAML value and appends "key: problem" ----------------------------

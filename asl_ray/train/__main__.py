@@ -3,33 +3,51 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from asl_ray.cli import (CardArgs, OneLineParser, add_config_arguments, check_paths, config_from_args, fail, user_errors)
-from asl_ray.config import UserInputError
+from asl_ray.cli import (CardArgs, OneLineParser, add_dataclass_flags, add_train_config_flags, check_paths, fail,
+                         parse_cli, train_config_from, user_errors)
+from asl_ray.config import UserInputError, section
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainArgs:
+    """The train CLI's own arguments; the run's settings are TrainConfig's flags."""
+    data: Path = field(metadata=section("run"))
+    """GISLR data root (train.csv, label map, train_landmark_files/)"""
+    out: Path = Path("runs/train")
+    """output folder: metrics.jsonl, checkpoints/, result.json"""
+    config: Optional[Path] = None
+    """YAML of TrainConfig keys applied over the defaults (configs/*.yaml); the TrainConfig flags apply over it"""
+    cache_dir: Optional[Path] = None
+    """where the preprocessed cache lives (default: beside the data)"""
+    strict: bool = False
+    """stop at the first damaged sequence instead of skipping it"""
+    resume: bool = False
+    """continue from <out>/checkpoints/last"""
+    ray: bool = False
+    """run the loop inside a Ray Train TorchTrainer"""
+    card: CardArgs = field(default=CardArgs(gpu=None), metadata=section(
+        "memory emulation", flags={"gpu": "--emulate-gpu"}, default_docs={"gpu": "no emulation"},
+        docs={"gpu": "cap CUDA memory as if on CARD (rtx4070, a size in GiB, ...): fits or fails as there"}))
+    """The card whose memory a CUDA run is capped to."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m asl_ray.train", description="Train one GISLR configuration.")
-    p.add_argument("--data", required=True, help="GISLR data root (train.csv, label map, train_landmark_files/)")
-    p.add_argument("--out", default="runs/train", help="output folder: metrics.jsonl, checkpoints/, result.json")
-    add_config_arguments(p)
-    p.add_argument("--cache-dir", help="where the preprocessed cache lives (default: beside the data)")
-    p.add_argument("--strict", action="store_true", help="stop at the first damaged sequence instead of skipping it")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last")
-    p.add_argument("--ray", action="store_true", help="run the loop inside a Ray Train TorchTrainer")
-    CardArgs.add_to(p, flag="--emulate-gpu", default=None, default_doc="no emulation",
-                    gpu_help="cap CUDA memory as if on CARD (rtx4070, a size in GiB, ...): fits or fails as there")
+    add_dataclass_flags(p, TrainArgs, required=True)
+    add_train_config_flags(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, given = parse_cli(build_parser(), TrainArgs, argv)
     try:
         check_paths(folders={"--out": args.out, "--cache-dir": args.cache_dir}, files={"--config": args.config})
-        cfg = config_from_args(args)
-        card = CardArgs.from_args(args).resolve()
+        cfg = train_config_from(args.config, given)
+        card = args.card.resolve()
         out = Path(args.out)
         if args.resume and not (out / "checkpoints" / "last").exists() and not args.ray:
             fail(f"--resume: no checkpoint under {out / 'checkpoints' / 'last'}")

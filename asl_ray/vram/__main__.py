@@ -7,37 +7,53 @@ vram never imports search (search builds on vram).
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
-from asl_ray.cli import (CardArgs, OneLineParser, add_config_arguments, check_paths, config_from_args, fail, user_errors)
-from asl_ray.config import TrainConfig
-from asl_ray.cards import DEFAULT_HEADROOM_MB, MiB
+from asl_ray.cli import (CardArgs, OneLineParser, add_dataclass_flags, add_train_config_flags, check_paths, fail,
+                         parse_cli, train_config_from, user_errors)
+from asl_ray.config import ConfigError, TrainConfig, section
+from asl_ray.cards import MiB
 from asl_ray.vram.constants import FIT_MARGIN_FRACTION
 
 FIT_TABLE_COMMAND = "python -m asl_ray.search.fit_table"
 """Where a search space's fit table lives: it reads a space file, and vram must not import search."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class VramArgs:
+    """The vram CLI's own arguments; the config is TrainConfig's flags."""
+    card: CardArgs = field(default=CardArgs(), metadata=section("target card"))
+    """The card the config must fit."""
+    config: Optional[Path] = field(default=None, metadata=section("config"))
+    """YAML of TrainConfig keys applied over the defaults (configs/*.yaml); the TrainConfig flags apply over it"""
+    num_classes: int = 250
+    """classifier size (250 for the real data)"""
+    space: Optional[Path] = None
+    """moved: python -m asl_ray.search.fit_table --space FILE --gpu CARD"""
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ConfigError(f"--num-classes: must be >= 1, got {self.num_classes}")
+
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="python -m asl_ray.vram", description=__doc__.splitlines()[0])
-    CardArgs.add_to(p, headroom_doc=str(DEFAULT_HEADROOM_MB))
-    add_config_arguments(p)
-    p.add_argument("--space", help=f"moved: {FIT_TABLE_COMMAND} --space FILE --gpu CARD")
-    p.add_argument("--num-classes", type=int, default=250, help="classifier size (250 for the real data)")
+    add_dataclass_flags(p, VramArgs)
+    add_train_config_flags(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.num_classes < 1:
-        fail(f"--num-classes: must be >= 1, got {args.num_classes}")
+    args, given = parse_cli(build_parser(), VramArgs, argv)
     if args.space:
         fail(f"--space: the fit table of a search space moved to `{FIT_TABLE_COMMAND} --space {args.space} "
-             f"--gpu {args.gpu}`")
+             f"--gpu {args.card.gpu}`")
     with user_errors():
         check_paths(files={"--config": args.config})
-        card = CardArgs.from_args(args).resolve()
-        cfg = config_from_args(args)
+        card = args.card.resolve()
+        cfg = train_config_from(args.config, given)
         print(one_config_report(cfg, card, args.num_classes))
     return 0
 
