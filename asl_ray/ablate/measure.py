@@ -1,20 +1,20 @@
 """One measurement of one config: samples/s over a few optimizer steps of the real loop, and its memory.
 
-Each call builds its own Session and Runtime (cuDNN, precision and pinning come from the config), and
-frees everything before returning, so a variant's peak memory is its own.
+The plan search's step measurer (asl_ray/plan/measure.py: run_steps) with a fixed step count: each call builds its
+own Session and Runtime (cuDNN, precision and pinning come from the config), and frees everything before
+returning, so a variant's peak memory is its own.
 """
 from __future__ import annotations
 
-import gc
 import math
-import time
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
 from asl_ray.config import TrainConfig
 from asl_ray.data.cache import SequenceCache
-from asl_ray.train.loop import setup, train_epoch
+from asl_ray.plan.measure import probe_config, run_steps
 from asl_ray.train.runtime import Runtime
 
 
@@ -35,46 +35,34 @@ class Measurement:
     """Warnings the run raised (e.g. torch.compile fell back to eager: its ratio is then eager's)."""
 
 
-def warmup_batches(cfg: TrainConfig, minimum: int = 3) -> int:
-    """Whole optimizer steps, at least `minimum` micro-batches: loader start, cuDNN autotuning and
+def warmup_steps(cfg: TrainConfig, minimum: int = 3) -> int:
+    """Optimizer steps of warm-up, at least `minimum` micro-batches: loader start, cuDNN autotuning and
     compilation (a first shape, then the dynamic-shape recompile) stay out of the figures."""
-    accum = cfg.gradient_accumulation_steps
-    return math.ceil(minimum / accum) * accum
+    return math.ceil(minimum / cfg.gradient_accumulation_steps)
+
+
+def warmup_batches(cfg: TrainConfig, minimum: int = 3) -> int:
+    """`warmup_steps` in micro-batches."""
+    return warmup_steps(cfg, minimum) * cfg.gradient_accumulation_steps
 
 
 def measurement_config(cfg: TrainConfig, steps: int) -> TrainConfig:
-    warmup = warmup_batches(cfg)
-    return cfg.with_overrides({"epochs": 1, "throughput_warmup_steps": warmup,
-                               "max_steps_per_epoch": warmup + steps * cfg.gradient_accumulation_steps},
-                              source="measurement")
+    """What `measure` runs: one epoch cut to the warm-up and `steps` optimizer steps."""
+    return probe_config(cfg, warmup_steps(cfg), steps, fixed=True)
 
 
 def measure(cfg: TrainConfig, cache: SequenceCache, steps: int, device=None) -> Measurement:
-    """Run `steps` optimizer steps of `cfg` after warm-up; every micro-batch is a real loader batch."""
-    cfg = measurement_config(cfg, steps)
-    runtime = Runtime.create(cfg, device)
-    release(runtime)
-    started = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        session = setup(cfg, cache, runtime)
-        session.memory.reset()
-        metrics = train_epoch(session)
-        memory = session.memory.result()
-    seconds = time.perf_counter() - started
-    notes = tuple(sorted({str(w.message).splitlines()[0][:200] for w in caught if "compile" in str(w.message)}))
-    del session
-    release(runtime)
-    return Measurement(samples_per_s=metrics["samples_per_s"], steps_per_s=metrics["steps_per_s"], seconds=seconds,
-                       peak_reserved_mb=memory.get("cuda_max_reserved_mb"),
-                       peak_allocated_mb=memory.get("cuda_max_allocated_mb"),
-                       device_used_mb_sampled_max=memory.get("device_used_mb_sampled_max"), notes=notes)
-
-
-def release(runtime: Runtime) -> None:
-    """Return cached blocks to the driver so the next config starts from an empty allocator."""
-    gc.collect()
-    runtime.empty_cache()
-    if runtime.device.type == "cuda":
-        import torch
-        torch.cuda.reset_peak_memory_stats(runtime.device)
+    """Run `steps` optimizer steps of `cfg` after warm-up with the plan search's step measurer (`run_steps`, the
+    whole window timed at once); every micro-batch is a real loader batch. Out of memory is raised (the caller
+    marks the variant), as is any other failure."""
+    device = device if device is not None else Runtime.create(cfg).device
+    run = run_steps(cfg, cache, device, warmup_steps(cfg), steps, record_warnings=True)
+    if run.oom:
+        raise torch.cuda.OutOfMemoryError(run.oom)
+    if run.error:
+        raise RuntimeError(f"measuring {cfg.batch_size}x{cfg.gradient_accumulation_steps}: {run.error}")
+    m = run.memory
+    return Measurement(samples_per_s=run.train["samples_per_s"], steps_per_s=run.train["steps_per_s"],
+                       seconds=run.seconds, peak_reserved_mb=m.get("cuda_max_reserved_mb"),
+                       peak_allocated_mb=m.get("cuda_max_allocated_mb"),
+                       device_used_mb_sampled_max=m.get("device_used_mb_sampled_max"), notes=run.notes)

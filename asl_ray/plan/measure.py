@@ -15,11 +15,13 @@ the previous one was freed, so no plan inherits another's.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import math
 import platform
 import time
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -119,12 +121,12 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def probe_config(cfg: TrainConfig, warmup_steps: int, steps: int) -> TrainConfig:
-    """`cfg` cut to one epoch of at most `warmup_steps + MAX_STEPS_FACTOR x steps` optimizer steps, the warm-up left
-    out of the timing."""
+def probe_config(cfg: TrainConfig, warmup_steps: int, steps: int, fixed: bool = False) -> TrainConfig:
+    """`cfg` cut to one epoch of at most `warmup_steps + MAX_STEPS_FACTOR x steps` optimizer steps (exactly
+    `warmup_steps + steps` when `fixed`), the warm-up left out of the timing."""
     accumulation = cfg.gradient_accumulation_steps
-    return dataclasses.replace(cfg, epochs=1,
-                               max_steps_per_epoch=(warmup_steps + MAX_STEPS_FACTOR * steps) * accumulation,
+    timed = steps if fixed else MAX_STEPS_FACTOR * steps
+    return dataclasses.replace(cfg, epochs=1, max_steps_per_epoch=(warmup_steps + timed) * accumulation,
                                throughput_warmup_steps=warmup_steps * accumulation)
 
 
@@ -148,32 +150,47 @@ def release(runtime: Runtime, compiled: bool) -> None:
         torch.cuda.reset_peak_memory_stats(runtime.device)
 
 
-def measure_plan(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime, warmup_steps: int, steps: int,
-                 plan_keys: Sequence[str] = (), usable_bytes: Optional[int] = None) -> PlanMeasurement:
-    """Train `cfg` for `warmup_steps` optimizer steps on `runtime`'s device, then time it step by step until its
-    figure is narrow (`timed_enough`) or the probe's last step.
-    An out-of-memory error is a status ('oom'), any other failure too ('error'): never raised."""
-    if warmup_steps < 0 or steps < 1:
-        raise ValueError(f"measure_plan: need warmup_steps >= 0 and steps >= 1, got {warmup_steps}, {steps}")
-    device = device_identity(runtime, usable_bytes)
-    plan = describe_plan(cfg, plan_keys)
-    probe = probe_config(cfg, warmup_steps, steps)
+@dataclass(frozen=True)
+class StepRun:
+    """What `run_steps` saw: the loop's epoch metrics, its memory monitor's figures, the wall time, and why it
+    failed (never the exception itself: its frames would hold the batch's tensors through the release)."""
+    train: dict
+    """`loop.train_epoch`'s metrics (samples_per_s, steps_per_s, ...); empty when the run failed."""
+    memory: dict
+    """`MemoryMonitor.result()` over the run (cuda_max_reserved_mb, rss_peak_mb, ...)."""
+    seconds: float
+    """Wall time: setup, warm-up and the measured steps."""
+    oom: str = ""
+    """The out-of-memory error's first line, when it ran out of memory."""
+    error: str = ""
+    """'Type: message' of any other failure."""
+    notes: tuple[str, ...] = ()
+    """torch.compile warnings the run raised (e.g. a fallback to eager), when recorded."""
+
+
+def run_steps(cfg: TrainConfig, cache: SequenceCache, device, warmup_steps: int, steps: int,
+              stop: Optional[Callable[[ThroughputMeter], bool]] = None, record_warnings: bool = False) -> StepRun:
+    """The one step measurer (the plan search's probe, the ablation, the dry run's forecast): `cfg` on `device` for
+    `warmup_steps` optimizer steps, then `steps` more (a fixed count, the whole window timed at once), or with
+    `stop` step by step until it says enough, at most `MAX_STEPS_FACTOR x steps`. Starts from an empty allocator
+    with reset peaks and gives everything back before returning; a failure is reported, never raised."""
+    probe = probe_config(cfg, warmup_steps, steps, fixed=stop is None)
+    runtime = Runtime.create(probe, device)  # the plan's own precision and cudnn.benchmark
     release(runtime, compiled=False)  # nothing left from before; peaks from here on
     started = time.perf_counter()
-    session = None
-    train: dict[str, Any] = {}
-    status, error = "ok", ""
-    try:
-        # The plan's own runtime: its precision and cudnn.benchmark (Runtime.create applies both).
-        session = setup(probe, cache, Runtime.create(probe, runtime.device))
-        session.memory.reset()
-        train = train_epoch(session, stop=timed_enough(steps))
-    except Exception as e:  # a failed plan is a measurement, not a failed trial
-        oom = out_of_memory_in(e)
-        status = "oom" if oom is not None else "error"
-        reason = oom if oom is not None else e
-        text = str(reason).splitlines()[0] if str(reason) else ""
-        error = (text if oom is not None else f"{type(reason).__name__}: {text}")[:300]
+    session, train, oom_text, error = None, {}, "", ""
+    with warnings.catch_warnings(record=True) if record_warnings else contextlib.nullcontext() as caught:
+        if record_warnings:
+            warnings.simplefilter("always", RuntimeWarning)
+        try:
+            session = setup(probe, cache, runtime)
+            session.memory.reset()
+            train = train_epoch(session, stop=stop)
+        except Exception as e:  # a failed run is a measurement, not a crash
+            oom = out_of_memory_in(e)
+            reason = oom if oom is not None else e
+            text = str(reason).splitlines()[0] if str(reason) else ""
+            oom_text, error = (text[:300], "") if oom is not None else ("", f"{type(reason).__name__}: {text}"[:300])
     # Outside the except block: the exception (and the frames holding the batch) is gone by now.
     memory = (session.memory if session is not None else MemoryMonitor(runtime.device)).result()
     if session is not None:
@@ -181,12 +198,27 @@ def measure_plan(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime, warmu
     del session
     seconds = time.perf_counter() - started
     release(runtime, compiled=cfg.compile)
-    ok = status == "ok"
+    notes = tuple(sorted({str(w.message).splitlines()[0][:200] for w in caught or () if "compile" in str(w.message)}))
+    return StepRun(train=train if not (oom_text or error) else {}, memory=memory, seconds=seconds, oom=oom_text,
+                   error=error, notes=notes)
+
+
+def measure_plan(cfg: TrainConfig, cache: SequenceCache, runtime: Runtime, warmup_steps: int, steps: int,
+                 plan_keys: Sequence[str] = (), usable_bytes: Optional[int] = None) -> PlanMeasurement:
+    """Train `cfg` for `warmup_steps` optimizer steps on `runtime`'s device, then time it step by step until its
+    figure is narrow (`timed_enough`) or the probe's last step (`run_steps`).
+    An out-of-memory error is a status ('oom'), any other failure too ('error'): never raised."""
+    if warmup_steps < 0 or steps < 1:
+        raise ValueError(f"measure_plan: need warmup_steps >= 0 and steps >= 1, got {warmup_steps}, {steps}")
+    run = run_steps(cfg, cache, runtime.device, warmup_steps, steps, stop=timed_enough(steps))
+    status = "oom" if run.oom else "error" if run.error else "ok"
+    ok, train = status == "ok", run.train
     return PlanMeasurement(
-        plan=plan, status=status,
+        plan=describe_plan(cfg, plan_keys), status=status,
         samples_per_s=float(train["samples_per_s"]) if ok else math.nan,
         steps_per_s=float(train["steps_per_s"]) if ok else math.nan,
         samples_per_s_se=float(train["samples_per_s"] * train["samples_per_s_rel_se"]) if ok else math.nan,
         steps_timed=int(train["steps_timed"]) if ok else 0,
-        peak_reserved_mb=float(memory.get("cuda_max_reserved_mb", math.nan)),
-        rss_peak_mb=float(memory["rss_peak_mb"]), seconds=seconds, device=device, error=error)
+        peak_reserved_mb=float(run.memory.get("cuda_max_reserved_mb", math.nan)),
+        rss_peak_mb=float(run.memory["rss_peak_mb"]), seconds=run.seconds,
+        device=device_identity(runtime, usable_bytes), error=run.oom or run.error)
