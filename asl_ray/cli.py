@@ -134,16 +134,16 @@ def train_config_from(config: Optional[Path], given: dict[str, Any]) -> TrainCon
     from asl_ray.config import FIELD_NAMES, load_config_yaml
     cfg = load_config_yaml(config) if config else TrainConfig()
     flagged = {k: given[k] for k in FIELD_NAMES if k in given}
-    if flagged:
-        try:
-            cfg = cfg.with_overrides(flagged, source="flags")
-        except ConfigError as e:  # name the flags the user typed, not the keys
-            message = str(e)
-            for k in sorted(flagged, key=len, reverse=True):
-                message = re.sub(rf"(?<![\w-]){k}(?=[: ])", flag_of(k), message)
-            raise ConfigError(message) from None
-    overrides = parse_overrides(given.get("overrides") or [])
-    return cfg.with_overrides(overrides, source="--set") if overrides else cfg
+    by_set = parse_overrides(given.get("overrides") or [])
+    if not flagged and not by_set:
+        return cfg
+    try:  # one application, so every problem of both is in the one error; --set wins a key given twice
+        return cfg.with_overrides({**flagged, **by_set}, source="--set" if not flagged else "flags")
+    except ConfigError as e:  # name the flags the user typed, not the keys
+        message = str(e)
+        for k in sorted(set(flagged) - set(by_set), key=len, reverse=True):
+            message = re.sub(rf"(?<![\w-]){k}(?=[: ])", flag_of(k), message)
+        raise ConfigError(message) from None
 
 
 def positive_int(text: str) -> int:
