@@ -142,3 +142,18 @@ def _assert_no_secret_written(root):
         if path.is_file() and path.suffix in (".json", ".csv", ".md", ".yaml", ".log", ".txt", ".jsonl", ""):
             text = path.read_text(errors="ignore")
             assert not any(secret and secret in text for secret in secrets), path
+
+
+def test_time_budget_stops_launching_on_a_real_ray(ray_local, synth_root, synth_cache, tmp_path):
+    """--time-budget through Tune: a budget shorter than one trial lets the first trial run (nothing is known
+    yet) and launches nothing after it, although --trials asks for 3; the search still ends with its results."""
+    space = write_search_space(tmp_path / "space.yaml", trials=3, epochs=1, grace_period=1, max_steps_per_epoch=2,
+                               baselines=[{"effective_batch_size": 16, "max_len": 32, "batch_size": 8}])
+    assert _search(space, synth_root, synth_cache, tmp_path, "budget", "--plan-search", "optuna",
+                   "--time-budget", "1s") == 0
+    root = tmp_path / "runs" / "budget"
+    df = pd.read_parquet(root / "trials.parquet")
+    launched = df[~df["status"].isin(NEVER_LAUNCHED)]
+    assert len(launched) == 1 and launched["baseline"].iloc[0] != ""  # the pinned baseline, then the budget
+    assert json.loads((root / "search_args.json").read_text())["time_budget"] == "1s"
+    assert (root / "best_config.yaml").exists()

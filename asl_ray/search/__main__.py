@@ -30,16 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     given = vars(build_parser().parse_args(argv))
+    # Asked for on this command line (not the space's default): a dry run then forecasts for that card only.
+    gpu_given = given.get("gpu") is not None
     if given.get("resume"):
         given = _saved_flags(given)
     with user_errors():
         # every check that can fail does so here, before Ray starts: the values, then the folder, port and data
         from asl_ray.search import session
         sc = session.prepare(resolve(given), port_given=given.get("dashboard_port") is not None)
-        if not sc.resume:
+        if not sc.resume and not sc.dry_run:  # a dry run writes only its forecast
             sc.args_file().write_text(json.dumps(sc.saved_flags(), indent=1))
         # A bad value found only once a trial is sampled (two keys that clash) is one line too; Tune's saved state
         # keeps what ran, for --resume after the space file is fixed.
+        if sc.dry_run:  # before anything of Ray is imported
+            from asl_ray.search import forecast
+            return forecast.dry_run(sc, gpu_given)
         return session.run_search(sc)
 
 

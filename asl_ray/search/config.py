@@ -33,9 +33,11 @@ STUDY_FILE, ARGS_FILE, FINALISTS_FILE = "optuna.db", "search_args.json", "finali
 
 NOT_A_FLAG = {"flag": None}
 """Field metadata of a resolved value (the loaded space, the card, ...): no flag of its own."""
-PER_RUN_FLAGS = ("resume", "dashboard", "dashboard_host", "dashboard_port", "address", "num_cpus")
+PER_RUN_FLAGS = ("resume", "dashboard", "dashboard_host", "dashboard_port", "address", "num_cpus",
+                 "dry_run")
 """Where this run happens, not what the experiment is: --resume takes them from its own command line; every
-other flag is the experiment's own, saved in search_args.json and read back."""
+other flag is the experiment's own, saved in search_args.json and read back (a --dry-run is never saved: the real
+run after it must not become one)."""
 
 
 class SearchConfigError(ConfigError):
@@ -44,19 +46,20 @@ class SearchConfigError(ConfigError):
 
 @dataclass(frozen=True, kw_only=True)
 class SearchConfig:
-    space_file: Path = field(default=DEFAULT_SPACE, metadata=section("what to search", flag="--space"))
+    space_file: Path = field(default=DEFAULT_SPACE, metadata=section(
+        "what to search", flag="--space", default_doc="search_spaces/cpu-smoke.yaml"))
     """search-space YAML (search_spaces/*.yaml): learning params, plans, budget, baselines"""
     data: Path = DEFAULT_DATA
     """GISLR data root (synthesised there if it is the default and missing)"""
     cache_dir: Optional[Path] = None
     """where the preprocessed data cache lives (default: next to the data)"""
-    gpu: str
+    gpu: str = field(metadata={"metavar": "CARD"})
     """target card: rtx4070, a size in GiB, or auto (default: the space's gpu)"""
     headroom_mb: float
     """memory left for the desktop and other processes (default: the space's headroom_mb)"""
     trials: int
     """trials to launch (default: the space's budget.trials; a grid at most its points)"""
-    time_budget: Optional[str] = None
+    time_budget: Optional[str] = field(default=None, metadata={"metavar": "DURATION"})
     """wall-clock budget for the whole search, e.g. 8h, 45m, 1h30m: no trial is launched that the rest cannot hold
     (a trial is forecast as the longest finished one), the confirmation's share is kept, a resume counts what was
     spent; with --trials the first limit reached wins"""
@@ -64,8 +67,17 @@ class SearchConfig:
     """how a learning config's execution plan is chosen: measure (a few optimizer steps of each plan in the trial's
     worker, the fastest trains) or optuna (one level: Optuna samples micro-batch x accumulation too) (default: the
     space's plan_search.mode)"""
+    pack: bool = False
+    """pack trials onto each GPU by predicted memory: as many at once as their predicted needs (each with its CUDA
+    context) fit the card less headroom, each capped to its own share; also the space's `concurrency: auto`; a no-op
+    without GPUs; --concurrency then caps the trials at once"""
     emulate: bool = True
     """cap each GPU trial's memory to the target card"""
+    dry_run: bool = False
+    """start no Ray and no trial: count the space's learning configs that fit the card, measure a few optimizer
+    steps of each distinct (model size, max_len, fastest plan) on this machine's device, and write the search's
+    forecast (expected and worst case, per stage) to <storage-path>/<name>/forecast.md and forecast.json; a later
+    real run of the same --name shows forecast against actual"""
 
     select: str = field(default="noise-aware", metadata=section("how the best config is chosen", choices=SELECT_RULES))
     """how the best config is chosen (asl_ray/search/select.py): noise-aware is, among the confirmed finalists, the
@@ -280,6 +292,8 @@ def resolve(given: Mapping[str, Any], log=print) -> SearchConfig:
         values.setdefault("gpu", str(space.gpu))
         values.setdefault("headroom_mb", float(space.headroom_mb))
         values.setdefault("plan_search", space.plan_search.mode)
+        if given.get("pack") is None:  # --pack / --no-pack as given, else the space's `concurrency: auto`
+            values["pack"] = space.pack
         values.setdefault("confirm_seeds", space.confirm.seeds)
         values.setdefault("confirm_folds", space.confirm.folds)
         values.setdefault("finalists", space.confirm.finalists)

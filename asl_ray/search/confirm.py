@@ -102,7 +102,8 @@ def run_confirmation(sc: SearchConfig, df: pd.DataFrame, finalist_ids: Sequence[
     fn = experiment.trainable(settings)
     tune_dir = (sc.confirm_dir() / TUNE_DIR).resolve()
     reporter = StateChangeReporter({f"{TRAIN_LOOP_CONFIG}/fold": "fold", f"{TRAIN_LOOP_CONFIG}/seed": "seed"},
-                                   experiment.PROGRESS_METRICS)
+                                   experiment.PROGRESS_METRICS,
+                                   eta=experiment.stage_eta(sc, "confirmation", len(points)))
     tuner = tuner_for(tune_dir, fn, resume, lambda: tune.Tuner(
         fn, param_space={TRAIN_LOOP_CONFIG: tune.grid_search([cfg for *_, cfg in points])},
         tune_config=tune.TuneConfig(max_concurrent_trials=at_once, trial_dirname_creator=trial_dirname),

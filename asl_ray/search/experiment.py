@@ -19,7 +19,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from asl_ray.outcome import NEVER_LAUNCHED, Status, outcome_row
 from asl_ray.plan.fits import CardFit
+from asl_ray.search import packing
 from asl_ray.search.driver import DRIVER_CPUS, TrialSettings, train_driver_fn
+from asl_ray.search.eta import Eta
+from asl_ray.search.forecast import eta_inputs
 from asl_ray.search.progress import StateChangeReporter
 from asl_ray.search.searcher import (BASELINE_ATTR, EPOCHS_DONE, TRAIN_LOOP_CONFIG, FitAwareSearch, epochs_done,
                                      fail_unfinished_trials)
@@ -44,9 +47,10 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def trial_settings(sc, use_gpu: bool, plan_search: bool = True) -> TrialSettings:
+def trial_settings(sc, use_gpu: bool, plan_search: bool = True, pack: bool = False) -> TrialSettings:
     """What every trial of the search shares. The space's plan search runs in its mode `measure`; the
-    confirmation stage passes plan_search=False (its configs are full TrainConfig dicts, trained as given)."""
+    confirmation stage passes plan_search=False (its configs are full TrainConfig dicts, trained as given).
+    `pack` (on a GPU): each trial takes its predicted share of a GPU, capped to it (asl_ray/search/packing.py)."""
     space = sc.space
     searching = plan_search and space.plan_search.mode == "measure"
     return TrialSettings(
@@ -55,7 +59,7 @@ def trial_settings(sc, use_gpu: bool, plan_search: bool = True) -> TrialSettings
         card=CardFit.for_card(sc.card, sc.num_classes),
         emulate_usable_bytes=sc.card.usable_bytes if sc.emulate and use_gpu else None,
         max_failures=sc.max_failures, plan_search=space.plan_search if searching else None, space=space,
-        plan_cache_dir=str(Path(sc.plan_cache_dir()).resolve()))
+        plan_cache_dir=str(Path(sc.plan_cache_dir()).resolve()), pack=pack and use_gpu)
 
 
 def trainable(settings: TrialSettings):
@@ -74,6 +78,7 @@ def time_budget(sc) -> Optional[TimeBudget]:
     if sc.time_budget is None:
         return None
     confirm_runs = sc.finalists * sc.confirm_folds * sc.confirm_seeds
+    # The confirmation never packs (its runs' speeds are compared): one run per GPU, or --concurrency.
     return TimeBudget(sc.time_budget_s(), reserved_runs=confirm_runs / max(1, sc.concurrency or cluster_gpus()))
 
 
@@ -87,16 +92,24 @@ def _scheduler(space: SearchSpace):
                          grace_period=b.grace_period, reduction_factor=b.reduction_factor, stop_last_trials=False)
 
 
-def progress_reporter(space: SearchSpace) -> StateChangeReporter:
-    """The progress table: the learning keys, the chosen plan, acc, samples/s, epochs, status."""
+def progress_reporter(space: SearchSpace, eta: Optional[Eta] = None) -> StateChangeReporter:
+    """The progress table: the learning keys, the chosen plan, acc, samples/s, epochs, status; then `eta`'s line."""
     params = {f"{TRAIN_LOOP_CONFIG}/{name}": name for name in space.param_names()}
-    return StateChangeReporter(params, PROGRESS_METRICS)
+    return StateChangeReporter(params, PROGRESS_METRICS, eta=eta)
+
+
+def stage_eta(sc, stage: str, total: int) -> Eta:
+    """The ETA line of a Tune stage ('search' or 'confirmation'), from the dry run's forecast if there is one."""
+    per, after, started = eta_inputs(sc.root, stage)
+    return Eta(total=total, forecast_trial_s=per, at_once=sc.concurrency or max(1, cluster_gpus()), after_s=after,
+               started=started)
 
 
 def _run_config(sc) -> tune.RunConfig:
     tune_dir = Path(sc.tune_dir()).resolve()
     return tune.RunConfig(name=tune_dir.name, storage_path=str(tune_dir.parent),
-                          progress_reporter=progress_reporter(sc.space), verbose=1,
+                          progress_reporter=progress_reporter(sc.space, stage_eta(sc, "search", sc.trials)),
+                          verbose=1,
                           failure_config=tune.FailureConfig(max_failures=0))
 
 
@@ -104,14 +117,32 @@ def can_resume(sc) -> bool:
     return tune.Tuner.can_restore(str(Path(sc.tune_dir()).resolve()))
 
 
+def packing_on(sc, gpus: int, say=print) -> bool:
+    """--pack (or the space's `concurrency: auto`) packs only GPU trials: on a cluster without GPUs it is a no-op,
+    said in one line (CPU trials share no card memory; --concurrency sets how many run at once)."""
+    if sc.pack and gpus == 0:
+        say("pack: no GPU in the cluster, so trials are not packed (--concurrency sets how many run at once)")
+    return bool(sc.pack) and gpus > 0
+
+
+def max_concurrent_trials(sc, gpus: int, pack: bool) -> int:
+    """Unpacked: --concurrency, else one trial per GPU (1 without GPUs). Packed: as many as the GPUs could hold
+    (--concurrency caps it); Ray's GPU accounting then decides which of them run at once (asl_ray/search/packing.py)."""
+    if pack:
+        return packing.max_concurrent(sc.trials, gpus, sc.card.usable_bytes, sc.concurrency)
+    return sc.concurrency or max(1, gpus)
+
+
 def run(sc, resume: bool) -> Any:
     """Run (or finish, with resume) the search's Tune experiment; returns Tune's ResultGrid."""
-    use_gpu = cluster_gpus() > 0
-    fn = trainable(trial_settings(sc, use_gpu))
+    gpus = cluster_gpus()
+    use_gpu = gpus > 0
+    pack = packing_on(sc, gpus)
+    fn = trainable(trial_settings(sc, use_gpu, pack=pack))
     tuner = tuner_for(Path(sc.tune_dir()).resolve(), fn, resume, lambda: tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(search_alg=_searcher(sc), scheduler=_scheduler(sc.space), num_samples=sc.trials,
-                                    max_concurrent_trials=sc.concurrency or max(1, cluster_gpus())),
+                                    max_concurrent_trials=max_concurrent_trials(sc, gpus, pack)),
         run_config=_run_config(sc)))
     started = time.perf_counter()
     grid = tuner.fit()

@@ -202,7 +202,11 @@ def rung_check_text(df: pd.DataFrame, scheduler: str, budget, num_classes: Optio
 def conditions_text(sc) -> str:
     """Under which conditions every speed of the report was measured (they compare only like with like)."""
     at_once = sc.concurrency or "one per GPU (one without GPUs)"
-    return (f"Speeds: every search trial and confirmation run ran {at_once} at a time, each Train worker with "
+    runs = f"every search trial and confirmation run ran {at_once} at a time"
+    if getattr(sc, "pack", False):  # packed trials shared a GPU's compute: their speeds carry each other's load
+        runs = ("search trials were packed onto each GPU by predicted memory (--pack; each measured while sharing "
+                "it with whichever trials ran beside it), confirmation runs ran one per GPU")
+    return (f"Speeds: {runs}, each Train worker with "
             f"{sc.cpus_per_trial:g} CPU(s) (torch threads as Ray gives them); a run's samples/s is the median over "
             f"its epochs, a confirmed finalist's the geometric mean of its runs'. Plan probes ran inside the trials' "
             f"workers, under the same conditions.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -51,9 +52,16 @@ def _open_data(data: Path, cache_dir: Optional[Path]):
 
 
 def run_search(sc: SearchConfig) -> int:
+    """The search's stages; `--dry-run` instead forecasts them (asl_ray/search/forecast.py: no Ray imported;
+    `python -m asl_ray.search` calls it directly, telling it whether --gpu was given)."""
+    from asl_ray.search import forecast
+    if sc.dry_run:
+        return forecast.dry_run(sc)
     import optuna
     from asl_ray.search import results
     from asl_ray.search.ray_cluster import start_ray
+    started = time.time()  # the stages' actual wall times, for forecast vs actual (stage_times.json)
+    forecast.record_stage(sc.root, started=started, resumed=sc.resume)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one line per study and trial
     space = sc.space
     print(f"target: {sc.card.describe()}")
@@ -63,10 +71,15 @@ def run_search(sc: SearchConfig) -> int:
     df = _main_search(sc)
     if df is None:
         return _interrupted(sc, "search")
+    searched = time.time()
     confirmations = _confirmation(sc, df)
     if confirmations is False:
         return _interrupted(sc, "confirmation")
+    forecast.record_stage(sc.root, search_s=searched - started, confirmation_s=time.time() - searched,
+                          total_s=time.time() - started)
     results.write_results(df, confirmations, sc)
+    forecast.record_stage(sc.root, total_s=time.time() - started)  # the result files included, as forecast
+    print("\nForecast vs actual:\n" + "\n".join(forecast.comparison_lines(sc.root)))
     if log_dir is not None:
         print(f"Ray's log files (workers' output): {log_dir}")
     return 0

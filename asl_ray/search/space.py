@@ -21,6 +21,7 @@ candidate values, and each learning config's plan is chosen by measuring a few o
     plan_search: {mode: measure, warmup_steps: 2, steps: 3, max_plans: 8, min_batch_size: 8}
     confirm: {seeds: 2, folds: 1, finalists: 3}
     baselines: [default, configs/fast.yaml, {effective_batch_size: 48, dim: 64, batch_size: 12}]
+    concurrency: auto       # optional: pack trials onto each GPU by predicted memory (the search's --pack)
 
 Everything is checked before Ray starts; every problem is reported in one line naming file and key
 (section checks: asl_ray/search/space_yaml.py). This module does not import Ray.
@@ -54,7 +55,7 @@ from asl_ray.search.space_yaml import (  # noqa: F401  (re-exported: the space's
 SAMPLERS = ("tpe", "nsga2", "grid")
 SCHEDULERS = ("asha", "fifo")
 TOP_KEYS = ("gpu", "headroom_mb", "sampler", "scheduler", "seed", "budget", "fixed", "params", "plans",
-            "plan_search", "confirm", "baselines")
+            "plan_search", "confirm", "baselines", "concurrency")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -96,6 +97,8 @@ class SearchSpace:
     """'default', a preset's stem, or 'baseline<i>' for a mapping."""
     baseline_plans: tuple[Mapping[str, Any], ...] = ()
     """The plan keys each baseline pins (passed as `pinned` to plan_candidates); {} pins nothing."""
+    pack: bool = False
+    """`concurrency: auto`: trials are packed onto each GPU by predicted memory (the search's --pack)."""
 
     # ---- configs ---------------------------------------------------------------------------------
     def base_config(self) -> TrainConfig:
@@ -239,11 +242,12 @@ def load_space(path: str | Path) -> SearchSpace:
     plans = sections.plans(raw.get("plans"), fixed, problems)
     plan_search = sections.plan_search(raw.get("plan_search", {}), problems)
     confirm = sections.confirm(raw.get("confirm", {}), problems)
+    pack = sections.concurrency(raw.get("concurrency"), problems)
     if problems:
         raise SpaceError(f"{path}: " + "; ".join(problems))
 
     space = SearchSpace(path, gpu, headroom, sampler, scheduler, seed, budget, fixed, params, plans,
-                        plan_search, confirm)
+                        plan_search, confirm, pack=pack)
     try:
         base = space.base_config()
     except ConfigError as e:

@@ -202,6 +202,21 @@ def confirm(raw: Any, problems: list[str]) -> ConfirmSettings:
     return _settings(raw, "confirm", ConfirmSettings, {"seeds": 0, "finalists": 1, "folds": 1}, problems)
 
 
+CONCURRENCY_VALUES = ("auto",)
+
+
+def concurrency(raw: Any, problems: list[str]) -> bool:
+    """`concurrency: auto` packs trials onto each GPU by predicted memory (the search's --pack); absent: one trial
+    per GPU (--concurrency N for another count)."""
+    if raw is None:
+        return False
+    if raw not in CONCURRENCY_VALUES:
+        problems.append(f"concurrency: must be auto (pack trials onto each GPU by predicted memory; a number of "
+                        f"trials at once is --concurrency N), got {raw!r}")
+        return False
+    return True
+
+
 def fixed(raw: Any, problems: list[str]) -> dict[str, Any]:
     """TrainConfig keys (and effective_batch_size) every trial shares."""
     if not isinstance(raw, dict):

@@ -117,16 +117,27 @@ def worker_loop_config(cfg: TrainConfig, cache_path: Path, emulate_usable_bytes:
     return {"train_config": cfg.to_dict(), "cache_path": str(cache_path), "emulate_usable_bytes": emulate_usable_bytes}
 
 
+def scaling_config(use_gpu: bool, cpus_per_worker: float = 1.0,
+                   gpus_per_worker: Optional[float] = None) -> ray.train.ScalingConfig:
+    """One worker: `cpus_per_worker` CPUs and, with `use_gpu`, one GPU or `gpus_per_worker` of one (a packed search
+    trial's share: Ray places the worker only where that fraction of a GPU is free)."""
+    resources = {"CPU": cpus_per_worker}
+    if use_gpu and gpus_per_worker is not None:
+        resources["GPU"] = gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources)
+
+
 def make_trainer(loop_config: dict[str, Any], name: str, storage_path: str, use_gpu: bool,
                  cpus_per_worker: float = 1.0, max_failures: int = 0, callbacks: Optional[list] = None,
-                 train_fn: Optional[Callable[[dict[str, Any]], None]] = None):
-    """A one-worker TorchTrainer around `train_fn` (this module's `train_fn_per_worker` unless given)."""
+                 train_fn: Optional[Callable[[dict[str, Any]], None]] = None,
+                 gpus_per_worker: Optional[float] = None, torch_config=None):
+    """A one-worker TorchTrainer around `train_fn` (this module's `train_fn_per_worker` unless given);
+    `torch_config`: its Torch backend (None: Ray's default, NCCL with a GPU)."""
     from ray.train.torch import TorchTrainer
     return TorchTrainer(
         train_fn or train_fn_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": cpus_per_worker}),
+        train_loop_config=loop_config, torch_config=torch_config,
+        scaling_config=scaling_config(use_gpu, cpus_per_worker, gpus_per_worker),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
