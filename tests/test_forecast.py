@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from asl_ray.search import forecast
+from asl_ray.search import forecast, forecast_actual
 from asl_ray.search.__main__ import main as search_main
 from asl_ray.search.config import PER_RUN_FLAGS, flag_name
 
@@ -120,25 +120,25 @@ def test_a_gpu_target_without_cuda_forecasts_no_seconds(dry, monkeypatch):
 
 # ---- forecast vs actual ---------------------------------------------------------------------------------------
 def test_forecast_vs_actual_lines(tmp_path):
-    assert "No forecast (run `--dry-run`" in forecast.report_section(tmp_path)
+    assert "No forecast (run `--dry-run`" in forecast_actual.report_section(tmp_path)
     (tmp_path / forecast.FORECAST_JSON).write_text(json.dumps({
         "measured": True, "created": "today", "device": "cpu",
         "stages": {"search": {"expected_s": 100.0, "worst_s": 150.0},
                    "confirmation": {"expected_s": 200.0, "worst_s": 240.0},
                    "total": {"expected_s": 300.0, "worst_s": 390.0}}}))
-    forecast.record_stage(tmp_path, started=0.0, resumed=False)
-    forecast.record_stage(tmp_path, search_s=110.0, confirmation_s=180.0, total_s=300.0)
-    rows = {r["stage"]: r for r in forecast.comparison_rows(forecast.load_forecast(tmp_path),
-                                                           json.loads((tmp_path / forecast.STAGE_TIMES).read_text()))}
+    forecast_actual.record_stage(tmp_path, started=0.0, resumed=False)
+    forecast_actual.record_stage(tmp_path, search_s=110.0, confirmation_s=180.0, total_s=300.0)
+    rows = {r["stage"]: r for r in forecast_actual.comparison_rows(forecast_actual.load_forecast(tmp_path),
+                                                           json.loads((tmp_path / forecast_actual.STAGE_TIMES).read_text()))}
     assert rows["main search"]["error"] == pytest.approx(0.10)
     assert rows["confirmation"]["error"] == pytest.approx(-0.10)
     assert rows["total"]["error"] == pytest.approx(0.0)
-    text = forecast.report_section(tmp_path)
+    text = forecast_actual.report_section(tmp_path)
     assert "## Forecast vs actual" in text and "+10%" in text and "-10%" in text
-    per, after, started = forecast.eta_inputs(tmp_path, "search")
+    per, after, started = forecast_actual.eta_inputs(tmp_path, "search")
     assert per is None and after == 200.0 and started == 0.0  # no per-trial figure in this hand-made file
 
 
 def test_durations_are_shown_in_units_that_read():
-    assert forecast.duration_text(45) == "45 s" and forecast.duration_text(300) == "5.0 min"
-    assert forecast.duration_text(3 * 3600) == "3.0 h" and forecast.duration_text(math.nan) == "?"
+    assert forecast_actual.duration_text(45) == "45 s" and forecast_actual.duration_text(300) == "5.0 min"
+    assert forecast_actual.duration_text(3 * 3600) == "3.0 h" and forecast_actual.duration_text(math.nan) == "?"

@@ -22,7 +22,8 @@ RAY_FREE = ("asl_ray.data", "asl_ray.model", "asl_ray.config", "asl_ray.vram", "
             "asl_ray.search.select", "asl_ray.search.report", "asl_ray.search.results", "asl_ray.search.plots",
             "asl_ray.search.config", "asl_ray.search.fit_table", "asl_ray.search.decide", "asl_ray.search.decision_sim",
             "asl_ray.search.decision_report", "asl_ray.stats", "asl_ray.outcome", "asl_ray.search.time_budget",
-            "asl_ray.search.trial_spec", "asl_ray.search.forecast", "asl_ray.search.eta")
+            "asl_ray.search.trial_spec", "asl_ray.search.forecast", "asl_ray.search.forecast_actual",
+            "asl_ray.search.eta")
 """Modules (and packages, every module under them) that must import without Ray, through asl_ray imports too:
 the unit tests and the tools that need no cluster import them. A prefix also matches its siblings by name
 (asl_ray.search.space matches space_yaml)."""

@@ -22,7 +22,7 @@ from asl_ray.plan.fits import CardFit
 from asl_ray.search import packing
 from asl_ray.search.driver import DRIVER_CPUS, TrialSettings, train_driver_fn
 from asl_ray.search.eta import Eta
-from asl_ray.search.forecast import eta_inputs
+from asl_ray.search.forecast_actual import eta_inputs
 from asl_ray.search.progress import StateChangeReporter
 from asl_ray.search.searcher import (BASELINE_ATTR, EPOCHS_DONE, TRAIN_LOOP_CONFIG, FitAwareSearch, epochs_done,
                                      fail_unfinished_trials)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from asl_ray.cards import MiB
 from asl_ray.config import FIELD_NAMES, FIELD_TYPES, TrainConfig
-from asl_ray.search import forecast, plots, report
+from asl_ray.search import forecast_actual, plots, report
 from asl_ray.search.select import confirmed, screened, select_best
 
 def write_trials(df: pd.DataFrame, sc) -> None:
@@ -64,7 +64,7 @@ def write_results(df: pd.DataFrame, confirmations: Optional[pd.DataFrame], sc) -
     plots.plot_curves(df, root / "curves.png", rungs, 1.0 / sc.num_classes if sc.num_classes else None, title)
     cfg = None if best is None else write_best_config(best, sc, root / "best_config.yaml")
     (root / "report.md").write_text(report.report_text(sc, df, ok, best, confirmations, table)
-                                    + forecast.report_section(root))
+                                    + forecast_actual.report_section(root))
     reference = report.default_row(ok, table, df, sc.space.baseline_names)
     print("\n" + "\n".join(report.summary_lines(sc, best, reference, confirmations)) +
           f"\n\nFull report: {root / 'report.md'}")

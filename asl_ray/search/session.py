@@ -54,14 +54,14 @@ def _open_data(data: Path, cache_dir: Optional[Path]):
 def run_search(sc: SearchConfig) -> int:
     """The search's stages; `--dry-run` instead forecasts them (asl_ray/search/forecast.py: no Ray imported;
     `python -m asl_ray.search` calls it directly, telling it whether --gpu was given)."""
-    from asl_ray.search import forecast
+    from asl_ray.search import forecast, forecast_actual
     if sc.dry_run:
         return forecast.dry_run(sc)
     import optuna
     from asl_ray.search import results
     from asl_ray.search.ray_cluster import start_ray
     started = time.time()  # the stages' actual wall times, for forecast vs actual (stage_times.json)
-    forecast.record_stage(sc.root, started=started, resumed=sc.resume)
+    forecast_actual.record_stage(sc.root, started=started, resumed=sc.resume)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one line per study and trial
     space = sc.space
     print(f"target: {sc.card.describe()}")
@@ -75,11 +75,11 @@ def run_search(sc: SearchConfig) -> int:
     confirmations = _confirmation(sc, df)
     if confirmations is False:
         return _interrupted(sc, "confirmation")
-    forecast.record_stage(sc.root, search_s=searched - started, confirmation_s=time.time() - searched,
+    forecast_actual.record_stage(sc.root, search_s=searched - started, confirmation_s=time.time() - searched,
                           total_s=time.time() - started)
     results.write_results(df, confirmations, sc)
-    forecast.record_stage(sc.root, total_s=time.time() - started)  # the result files included, as forecast
-    print("\nForecast vs actual:\n" + "\n".join(forecast.comparison_lines(sc.root)))
+    forecast_actual.record_stage(sc.root, total_s=time.time() - started)  # the result files included, as forecast
+    print("\nForecast vs actual:\n" + "\n".join(forecast_actual.comparison_lines(sc.root)))
     if log_dir is not None:
         print(f"Ray's log files (workers' output): {log_dir}")
     return 0
