@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 POWER = 0.8
 """The power at which `detectable_difference` states the smallest difference a design detects."""
@@ -17,6 +16,8 @@ def t_quantile(p: float, dof: int) -> float:
     """The p quantile of Student's t with `dof` degrees of freedom; +inf (p > 0.5) without any."""
     if dof < 1:
         return math.inf if p > 0.5 else -math.inf
+    # Imported here, not at the top: scipy.stats costs ~0.6 s, paid again by every Ray trial's processes.
+    from scipy import stats
     return float(stats.t.ppf(p, dof))
 
 

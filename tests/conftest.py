@@ -1,7 +1,9 @@
 """Shared fixtures: one small synthetic data root and its cache per test session, and the fault-injection rules."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -13,8 +15,15 @@ from asl_ray.config import TrainConfig
 
 # Set at import, before any test starts a Ray: Ray's workers and the CLIs run in subprocesses inherit it, and each
 # reads the file when a run starts (asl_ray/faults.py). A subprocess that imports this module keeps its parent's.
-FAULTS_FILE = Path(os.environ.setdefault(faults.ENV, str(Path(tempfile.mkdtemp(prefix="asl-ray-faults-"))
-                                                        / "faults.json")))
+if faults.ENV not in os.environ:  # the process that made the folder removes it
+    _faults_dir = tempfile.mkdtemp(prefix="asl-ray-faults-")
+    atexit.register(shutil.rmtree, _faults_dir, ignore_errors=True)
+    os.environ[faults.ENV] = str(Path(_faults_dir) / "faults.json")
+FAULTS_FILE = Path(os.environ[faults.ENV])
+
+# Ray Train's controller polls its workers every 2 s by default (results, and the end of a run, wait for the
+# poll); CI runs ~50 short TorchTrainer runs, each a few polls shorter at 0.5 s. The runs behave the same.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_FIXTURE = REPO.parent / "shared" / "fixtures" / "gislr-real"

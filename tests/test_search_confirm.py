@@ -3,6 +3,7 @@ one confirmation run finished and while the next is mid-fit:
 exit 130, no best_config.yaml (it is written only once every run is in); then --resume: the main search is
 not run again, the finished confirmation run is not re-run, the interrupted one continues from its Train
 checkpoint, and best_config.yaml is written."""
+import os
 import signal
 import subprocess
 import sys
@@ -14,8 +15,12 @@ import pytest
 
 from conftest import REPO, write_search_space
 
-EPOCHS = 10  # a confirmation run is mid-fit for several seconds
+EPOCHS = 10  # a confirmation run is mid-fit (an epoch reported, three or more to go) for seven epochs: Tune's
+# progress.csv trails the Train run by several seconds, and four paced epochs (8 s) proved too short a window
 STEPS = 20
+# The first search's pace: a report waits for Ray Train's next poll of its worker, so at Ray's default 2 s (the
+# suite's is 0.5 s, tests/conftest.py) an epoch takes about 2 s and the interrupt lands while the run still trains.
+PACED = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +48,7 @@ def test_interrupted_confirmation_resumes_only_the_unfinished_runs(synth_root, s
            str(synth_cache.path.parent), "--storage-path", str(runs), "--name", "c", "--concurrency", "1",
            "--confirm-folds", "2"]
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **PACED})
         deadline, finished, mid_fit = time.time() + 600, [], []
         while time.time() < deadline and proc.poll() is None:
             progress = _progress(confirm_tune)
