@@ -21,8 +21,10 @@ if faults.ENV not in os.environ:  # the process that made the folder removes it
     os.environ[faults.ENV] = str(Path(_faults_dir) / "faults.json")
 FAULTS_FILE = Path(os.environ[faults.ENV])
 
-# Ray Train's controller polls its workers every 2 s by default (results, and the end of a run, wait for the
-# poll); CI runs ~50 short TorchTrainer runs, each a few polls shorter at 0.5 s. The runs behave the same.
+# Ray Train's controller polls its workers every 2 s by default, and a worker's report waits until the poll has
+# taken the one before it (a queue of one): epochs shorter than the poll, as every test's are, go one per poll, and a
+# run's start and end wait for a poll too. At 0.5 s CI's ~50 short TorchTrainer runs are each seconds shorter; what
+# they compute is the same. (A real epoch is longer than 2 s, so a real search is not paced by the poll.)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ from conftest import REPO, write_search_space
 EPOCHS = 10  # a confirmation run is mid-fit (an epoch reported, three or more to go) for seven epochs: Tune's
 # progress.csv trails the Train run by several seconds, and four paced epochs (8 s) proved too short a window
 STEPS = 20
-# The first search's pace: a report waits for Ray Train's next poll of its worker, so at Ray's default 2 s (the
-# suite's is 0.5 s, tests/conftest.py) an epoch takes about 2 s and the interrupt lands while the run still trains.
+# The first search's pace: an epoch shorter than Ray Train's poll of its worker goes one per poll (tests/conftest.py),
+# so at Ray's default 2 s (the suite's is 0.5 s) an epoch takes about 2 s and the interrupt lands mid-fit.
 PACED = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
 
 pytestmark = pytest.mark.slow

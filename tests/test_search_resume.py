@@ -22,8 +22,8 @@ from conftest import REPO, write_search_space
 CHECKPOINT_S = "1"
 EPOCHS = 7  # a trial is mid-fit (an epoch reported, three or more to go) for four epochs, many CHECKPOINT_S
 STEPS = 40
-# The first search's pace: a report waits for Ray Train's next poll of its worker, so at Ray's default 2 s (the
-# suite's is 0.5 s, tests/conftest.py) an epoch takes about 2 s and the interrupt lands while the run still trains.
+# The first search's pace: an epoch shorter than Ray Train's poll of its worker goes one per poll (tests/conftest.py),
+# so at Ray's default 2 s (the suite's is 0.5 s) an epoch takes about 2 s and the interrupt lands mid-fit.
 PACED = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
 
 pytestmark = pytest.mark.slow
