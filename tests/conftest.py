@@ -24,8 +24,13 @@ FAULTS_FILE = Path(os.environ[faults.ENV])
 # Ray Train's controller polls its workers every 2 s by default, and a worker's report waits until the poll has
 # taken the one before it (a queue of one): epochs shorter than the poll, as every test's are, go one per poll, and a
 # run's start and end wait for a poll too. At 0.5 s CI's ~50 short TorchTrainer runs are each seconds shorter; what
-# they compute is the same. (A real epoch is longer than 2 s, so a real search is not paced by the poll.)
+# they compute is the same. (The real data's epochs are minutes; cpu-smoke's, measured by its dry run, 1.6-4.1 s:
+# the shortest of those lose a fraction of a second to the poll.)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+PACED_AT_RAY_DEFAULT = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
+"""The environment a subprocess search is paced by: Ray's default poll, so a test epoch takes about 2 s. For tests
+that must interrupt a run while it still trains."""
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_FIXTURE = REPO.parent / "shared" / "fixtures" / "gislr-real"

@@ -13,14 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, write_search_space
+from conftest import PACED_AT_RAY_DEFAULT, REPO, write_search_space
 
 EPOCHS = 10  # a confirmation run is mid-fit (an epoch reported, three or more to go) for seven epochs: Tune's
 # progress.csv trails the Train run by several seconds, and four paced epochs (8 s) proved too short a window
 STEPS = 20
-# The first search's pace: an epoch shorter than Ray Train's poll of its worker goes one per poll (tests/conftest.py),
-# so at Ray's default 2 s (the suite's is 0.5 s) an epoch takes about 2 s and the interrupt lands mid-fit.
-PACED = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +45,8 @@ def test_interrupted_confirmation_resumes_only_the_unfinished_runs(synth_root, s
            str(synth_cache.path.parent), "--storage-path", str(runs), "--name", "c", "--concurrency", "1",
            "--confirm-folds", "2"]
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **PACED})
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **PACED_AT_RAY_DEFAULT})
         deadline, finished, mid_fit = time.time() + 600, [], []
         while time.time() < deadline and proc.poll() is None:
             progress = _progress(confirm_tune)

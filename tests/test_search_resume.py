@@ -15,16 +15,13 @@ import optuna
 import pandas as pd
 import pytest
 
-from conftest import REPO, write_search_space
+from conftest import PACED_AT_RAY_DEFAULT, REPO, write_search_space
 
 # The first search saves Tune's experiment state every second (TUNE_GLOBAL_CHECKPOINT_S; the search's own
 # default is 10 s), so a SIGKILL need not wait long for a saved state that holds the mid-fit trial.
 CHECKPOINT_S = "1"
 EPOCHS = 7  # a trial is mid-fit (an epoch reported, three or more to go) for four epochs, many CHECKPOINT_S
 STEPS = 40
-# The first search's pace: an epoch shorter than Ray Train's poll of its worker goes one per poll (tests/conftest.py),
-# so at Ray's default 2 s (the suite's is 0.5 s) an epoch takes about 2 s and the interrupt lands mid-fit.
-PACED = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +88,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_root
     root = tmp_path / "runs" / "r"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": CHECKPOINT_S, **PACED})
+                                env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": CHECKPOINT_S, **PACED_AT_RAY_DEFAULT})
         deadline, first_finished, mid_fit = time.time() + 600, None, ""
         while time.time() < deadline and proc.poll() is None:
             finished = {t.user_attrs["ray_trial_id"] for t in _finished_trials(root / "optuna.db", "r")}
